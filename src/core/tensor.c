@@ -1,0 +1,89 @@
+/* tensor.c — dtype facts and the tensor descriptor's helpers. */
+#include <string.h>
+#include "core/core.h"
+
+static const struct { const char *name; size_t size; } DT[DT_COUNT] = {
+    [DT_F32] = {"F32", 4},  [DT_F16] = {"F16", 2},   [DT_BF16] = {"BF16", 2},
+    [DT_F64] = {"F64", 8},  [DT_I64] = {"I64", 8},   [DT_I32] = {"I32", 4},
+    [DT_I16] = {"I16", 2},  [DT_I8] = {"I8", 1},     [DT_U8] = {"U8", 1},
+    [DT_BOOL] = {"BOOL", 1}, [DT_F8_E4M3] = {"F8_E4M3", 1}, [DT_F8_E5M2] = {"F8_E5M2", 1},
+    [DT_Q8_ROW] = {"Q8_ROW", 1},
+};
+
+size_t dtype_size(dtype dt) { return (unsigned)dt < DT_COUNT ? DT[dt].size : 0; }
+const char *dtype_name(dtype dt) { return (unsigned)dt < DT_COUNT ? DT[dt].name : "?"; }
+
+int dtype_parse(const char *s, dtype *dt) {
+    for (int i = 0; i < DT_COUNT; i++) {
+        if (i == DT_Q8_ROW) continue; /* not a safetensors dtype */
+        if (strcmp(s, DT[i].name) == 0) { *dt = (dtype)i; return 0; }
+    }
+    return -1;
+}
+
+int64_t tensor_numel(const tensor *t) {
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}
+
+size_t tensor_nbytes(const tensor *t) { return (size_t)tensor_numel(t) * dtype_size(t->dt); }
+
+sd3_status tensor_alloc(tensor *t, dtype dt, int ndim, const int64_t *shape, sd3_err *err) {
+    memset(t, 0, sizeof *t);
+    if (ndim < 0 || ndim > TENSOR_MAX_DIMS)
+        return sd3_errf(err, SD3_ERR_INTERNAL, "tensor_alloc: rank %d unsupported", ndim);
+    t->dt = dt;
+    t->ndim = ndim;
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || (shape[i] && n > INT64_MAX / shape[i]))
+            return sd3_errf(err, SD3_ERR_NOMEM, "tensor_alloc: bad dimension %lld", (long long)shape[i]);
+        t->shape[i] = shape[i];
+        n *= shape[i];
+    }
+    t->data = sd3_calloc((size_t)n, dtype_size(dt));
+    if (!t->data)
+        return sd3_errf(err, SD3_ERR_NOMEM, "cannot allocate %lld elements of %s", (long long)n, dtype_name(dt));
+    t->owned = 1;
+    return SD3_OK;
+}
+
+void tensor_free(tensor *t) {
+    if (t->owned) sd3_free(t->data);
+    memset(t, 0, sizeof *t);
+}
+
+const char *tensor_shape_str(const tensor *t, char *buf, size_t n) {
+    size_t o = 0;
+    o += (size_t)snprintf(buf + o, n - o, "[");
+    for (int i = 0; i < t->ndim && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, i ? ", %lld" : "%lld", (long long)t->shape[i]);
+    if (o < n) snprintf(buf + o, n - o, "]");
+    return buf;
+}
+
+float tensor_get_f32(const tensor *t, int64_t i) {
+    switch (t->dt) {
+    case DT_F32: return ((const float *)t->data)[i];
+    case DT_F16: return fp16_to_f32(((const uint16_t *)t->data)[i]);
+    case DT_BF16: return bf16_to_f32(((const uint16_t *)t->data)[i]);
+    case DT_F64: return (float)((const double *)t->data)[i];
+    case DT_F8_E4M3: return fp8e4m3_to_f32(((const uint8_t *)t->data)[i]);
+    case DT_F8_E5M2: return fp8e5m2_to_f32(((const uint8_t *)t->data)[i]);
+    case DT_I64: return (float)((const int64_t *)t->data)[i];
+    case DT_I32: return (float)((const int32_t *)t->data)[i];
+    default: SD3_ASSERT(!"tensor_get_f32: not a float dtype");
+    }
+    return 0;
+}
+
+void tensor_to_f32(const tensor *t, int64_t off, int64_t n, float *dst) {
+    switch (t->dt) {
+    case DT_F32: memcpy(dst, (const float *)t->data + off, (size_t)n * 4); break;
+    case DT_F16: fp16_to_f32_row((const uint16_t *)t->data + off, dst, (size_t)n); break;
+    case DT_BF16: bf16_to_f32_row((const uint16_t *)t->data + off, dst, (size_t)n); break;
+    default:
+        for (int64_t i = 0; i < n; i++) dst[i] = tensor_get_f32(t, off + i);
+    }
+}

@@ -1,0 +1,281 @@
+/*
+ * golden_main.c — the golden runner: walks a golden root (default ../shared/golden), runs every case
+ * JSON through the function registered for its kind, compares every expected tensor, prints one line
+ * per case and a final "N passed, N failed", and exits non-zero on any failure.
+ *
+ *   golden [ROOT] [--only KIND[,KIND]] [--implemented] [--case SUBSTRING] [-v]
+ *
+ * --implemented runs only kinds that have an implementation (what `make test` uses); without it an
+ * unimplemented kind is a failure ("not implemented: <kind>").
+ */
+#include <dirent.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "golden.h"
+#include "io/json_util.h"
+
+/* ---- the case API (golden.h) ---- */
+
+/* out = a + "/" + b, truncated to n bytes. */
+static void join_path(char *out, size_t n, const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    if (la + 1 + lb + 1 > n) { out[0] = 0; return; }
+    memcpy(out, a, la);
+    out[la] = '/';
+    memcpy(out + la + 1, b, lb + 1);
+}
+
+void golden_root_path(const golden_case *gc, const char *rel, char *out, size_t n) { join_path(out, n, gc->root, rel); }
+
+void golden_case_path(const golden_case *gc, const char *rel, char *out, size_t n) { join_path(out, n, gc->dir, rel); }
+
+const char *golden_model_dir(golden_case *gc) {
+    static _Thread_local char buf[4096];
+    const char *m = json_str(gc->json, "model_dir", NULL);
+    if (!m) return NULL;
+    golden_root_path(gc, m, buf, sizeof buf);
+    return buf;
+}
+
+void golden_fail(golden_case *gc, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (!gc->n_failed) snprintf(gc->first_failure, sizeof gc->first_failure, "%s", msg);
+    gc->n_failed++;
+    if (gc->verbose) printf("    FAIL %s\n", msg);
+}
+
+int golden_tensor(golden_case *gc, const char *name, tensor *out) {
+    sd3_err err = {0};
+    if (st_get(gc->st, name, out, &err) != SD3_OK) {
+        golden_fail(gc, "%s", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+float *golden_f32(golden_case *gc, const char *name, int64_t *n) {
+    tensor t;
+    if (golden_tensor(gc, name, &t)) return NULL;
+    int64_t cnt = tensor_numel(&t);
+    float *buf = sd3_malloc((size_t)(cnt ? cnt : 1) * sizeof(float));
+    if (!buf) { golden_fail(gc, "out of memory"); return NULL; }
+    tensor_to_f32(&t, 0, cnt, buf);
+    if (n) *n = cnt;
+    return buf;
+}
+
+const cJSON *golden_tensor_json(const golden_case *gc, const char *name) {
+    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(gc->json, "tensors");
+    return ts ? cJSON_GetObjectItemCaseSensitive(ts, name) : NULL;
+}
+
+double golden_atol(const golden_case *gc, const char *name) {
+    const cJSON *t = golden_tensor_json(gc, name);
+    return json_num(t, "suggested_atol", -1.0);
+}
+
+int golden_check_atol(golden_case *gc, const char *name, const float *got, int64_t n, double atol) {
+    tensor t;
+    gc->n_checked++;
+    if (golden_tensor(gc, name, &t)) return -1;
+    if (tensor_numel(&t) != n) {
+        char s[96];
+        golden_fail(gc, "%s: expected %lld values %s, got %lld", name, (long long)tensor_numel(&t),
+                    tensor_shape_str(&t, s, sizeof s), (long long)n);
+        return -1;
+    }
+    double max_abs = 0, max_val = 0;
+    int64_t worst = -1, bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = tensor_get_f32(&t, i), g = got[i];
+        double d = fabs(g - e);
+        if (fabs(e) > max_val) max_val = fabs(e);
+        if (!(d <= atol)) {  /* NaN fails too */
+            bad++;
+            if (worst < 0 || !(d <= max_abs)) { max_abs = isnan(d) ? INFINITY : d; worst = i; }
+        } else if (d > max_abs && worst < 0) {
+            max_abs = d;
+        }
+    }
+    if (bad) {
+        golden_fail(gc, "%s: %lld of %lld values off, max |diff| %.3g at [%lld] (got %.9g, want %.9g), atol %.3g", name,
+                    (long long)bad, (long long)n, max_abs, (long long)worst, (double)got[worst],
+                    (double)tensor_get_f32(&t, worst), atol);
+        return -1;
+    }
+    if (gc->verbose) printf("    ok   %-48s max|diff| %.3g (atol %.3g, max|value| %.3g)\n", name, max_abs, atol, max_val);
+    return 0;
+}
+
+int golden_check(golden_case *gc, const char *name, const float *got, int64_t n) {
+    double atol = golden_atol(gc, name);
+    if (atol < 0) {
+        gc->n_checked++;
+        golden_fail(gc, "%s: the case gives no suggested_atol for this tensor", name);
+        return -1;
+    }
+    return golden_check_atol(gc, name, got, n, atol);
+}
+
+int golden_check_i64(golden_case *gc, const char *name, const int64_t *got, int64_t n) {
+    tensor t;
+    gc->n_checked++;
+    if (golden_tensor(gc, name, &t)) return -1;
+    if (tensor_numel(&t) != n || (t.dt != DT_I64)) {
+        golden_fail(gc, "%s: expected %lld I64 values, got %lld", name, (long long)tensor_numel(&t), (long long)n);
+        return -1;
+    }
+    const int64_t *e = t.data;
+    for (int64_t i = 0; i < n; i++)
+        if (e[i] != got[i]) {
+            golden_fail(gc, "%s: first mismatch at [%lld]: got %lld, want %lld", name, (long long)i, (long long)got[i],
+                        (long long)e[i]);
+            return -1;
+        }
+    if (gc->verbose) printf("    ok   %-48s %lld ids exact\n", name, (long long)n);
+    return 0;
+}
+
+/* ---- discovery ---- */
+
+typedef struct { char **v; int n, cap; } strlist;
+
+static void sl_push(strlist *l, const char *s) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        l->v = realloc(l->v, sizeof(char *) * (size_t)l->cap);
+        SD3_ASSERT(l->v);
+    }
+    l->v[l->n++] = strdup(s);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Every *.json under dir, recursively. */
+static void walk(const char *dir, strlist *out) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char p[4096];
+        join_path(p, sizeof p, dir, e->d_name);
+        struct stat sb;
+        if (stat(p, &sb) != 0) continue;
+        if (S_ISDIR(sb.st_mode)) walk(p, out);
+        else {
+            size_t l = strlen(e->d_name);
+            if (l > 5 && !strcmp(e->d_name + l - 5, ".json")) sl_push(out, p);
+        }
+    }
+    closedir(d);
+}
+
+typedef struct { const char *name; golden_fn fn; } kind_entry;
+#define GOLDEN_ENTRY(k) {#k, golden_##k},
+
+static int in_list(const char *list, const char *kind) {
+    if (!list) return 1;
+    size_t kl = strlen(kind);
+    for (const char *p = list; *p;) {
+        const char *c = strchr(p, ',');
+        size_t l = c ? (size_t)(c - p) : strlen(p);
+        if (l == kl && !strncmp(p, kind, l)) return 1;
+        if (!c) break;
+        p = c + 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *root = "../shared/golden", *only = NULL, *case_filter = NULL;
+    int implemented_only = 0, verbose = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (!strcmp(argv[i], "--case") && i + 1 < argc) case_filter = argv[++i];
+        else if (!strcmp(argv[i], "--implemented")) implemented_only = 1;
+        else if (!strcmp(argv[i], "-v")) verbose = 1;
+        else if (argv[i][0] == '-') {
+            fprintf(stderr, "usage: golden [ROOT] [--only KIND[,KIND]] [--implemented] [--case SUBSTRING] [-v]\n");
+            return 2;
+        } else root = argv[i];
+    }
+    if (only && !*only) only = NULL;
+    kind_entry kinds[] = {GOLDEN_KINDS(GOLDEN_ENTRY)};
+    int n_kinds = (int)(sizeof kinds / sizeof kinds[0]);
+
+    struct stat sb;
+    if (stat(root, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "golden: %s: not a directory\n", root);
+        printf("0 passed, 1 failed\n");
+        return 1;
+    }
+    strlist files = {0};
+    walk(root, &files);
+    qsort(files.v, (size_t)files.n, sizeof(char *), cmp_str);
+
+    int passed = 0, failed = 0;
+    for (int f = 0; f < files.n; f++) {
+        sd3_err err = {0};
+        cJSON *j = json_load_file(files.v[f], &err);
+        if (!j) continue;  /* not ours to judge: unreadable non-case JSON is skipped only if not a case */
+        const cJSON *jk = cJSON_GetObjectItemCaseSensitive(j, "kind");
+        const cJSON *jf = cJSON_GetObjectItemCaseSensitive(j, "file");
+        if (!cJSON_IsObject(j) || !cJSON_IsString(jk) || !jf) { cJSON_Delete(j); continue; }
+        const char *kind = jk->valuestring;
+        const char *rel = files.v[f] + strlen(root) + 1;
+        if (!in_list(only, kind) || (case_filter && !strstr(rel, case_filter))) { cJSON_Delete(j); continue; }
+        golden_fn fn = NULL;
+        for (int k = 0; k < n_kinds; k++)
+            if (!strcmp(kinds[k].name, kind)) fn = kinds[k].fn;
+        if (!fn && implemented_only) { cJSON_Delete(j); continue; }
+
+        golden_case gc;
+        memset(&gc, 0, sizeof gc);
+        gc.root = root;
+        gc.kind = kind;
+        gc.json = j;
+        gc.verbose = verbose;
+        snprintf(gc.json_path, sizeof gc.json_path, "%s", files.v[f]);
+        snprintf(gc.dir, sizeof gc.dir, "%s", files.v[f]);
+        char *slash = strrchr(gc.dir, '/');
+        if (slash) *slash = 0;
+        double t0 = sd3_time();
+        if (verbose) printf("%s (%s)\n", rel, kind);
+        if (!fn) {
+            golden_fail(&gc, "not implemented: %s", kind);
+        } else if (!cJSON_IsString(jf)) {
+            golden_fail(&gc, "case 'file' is not a string");
+        } else {
+            char p[4096];
+            golden_case_path(&gc, jf->valuestring, p, sizeof p);
+            if (st_open(&gc.st, p, &err) != SD3_OK) golden_fail(&gc, "%s", err.msg);
+            else {
+                int rc = fn(&gc);
+                if (rc && !gc.n_failed) golden_fail(&gc, "case function failed without a message");
+                if (!gc.n_failed && gc.n_checked == 0) golden_fail(&gc, "case checked no tensor");
+            }
+        }
+        double dt = sd3_time() - t0;
+        if (gc.n_failed) {
+            failed++;
+            printf("FAIL %-60s %s\n", rel, gc.first_failure);
+        } else {
+            passed++;
+            printf("ok   %-60s %d tensors (%.2fs)\n", rel, gc.n_checked, dt);
+        }
+        fflush(stdout);
+        st_close(gc.st);
+        cJSON_Delete(j);
+    }
+    for (int i = 0; i < files.n; i++) free(files.v[i]);
+    free(files.v);
+    printf("golden: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
