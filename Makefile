@@ -14,7 +14,7 @@ CFLAGS  ?= $(OPT) -g
 # scheduler are reproduced bit for bit, which needs exactly the roundings written in the code).
 BASEFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -ffp-contract=off -fno-math-errno \
              -Iinclude -Isrc -pthread $(shell pkg-config --cflags libcjson 2>/dev/null) $(EXTRA_CFLAGS)
-LDLIBS  := -lcjson -lstb -lm -pthread $(EXTRA_LDLIBS)
+LDLIBS  := -lcjson -lstb -lpng16 -lm -pthread $(EXTRA_LDLIBS)
 
 ifeq ($(ARCH),x86_64)
 AVX2_FLAGS   := -mavx2 -mfma -mf16c

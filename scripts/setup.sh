@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages sd3c builds with (only what is missing). Needs root or sudo.
 set -e
-PKGS="build-essential pkg-config libcjson-dev libstb-dev"
+PKGS="build-essential pkg-config libcjson-dev libstb-dev libpng-dev"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0
