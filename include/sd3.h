@@ -59,6 +59,69 @@ void sd3_ctx_free(sd3_ctx *ctx);
 /* The message of the last failed call on this context ("" when none). */
 const char *sd3_last_error(const sd3_ctx *ctx);
 
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Models and generation                                                                            */
+/* ------------------------------------------------------------------------------------------------ */
+
+/* Where the model comes from. `model` is a diffusers pipeline folder, a single-file checkpoint
+ * (.safetensors), or a Hub repo id ("stabilityai/stable-diffusion-3-medium-diffusers") looked up in the
+ * Hugging Face cache ($HF_HOME/hub or ~/.cache/huggingface/hub). The overrides replace one component
+ * with a file of its own (stable-diffusion.cpp style); NULL = from `model`. */
+typedef struct sd3_model_params {
+    const char *model;
+    const char *clip_l, *clip_g, *t5xxl, *vae;
+    int no_t5;             /* run without T5 (zeros in its place), like text_encoder_3=None */
+    int keep_loaded;       /* keep every component resident (default: load, use, release each in turn) */
+} sd3_model_params;
+sd3_model_params sd3_model_params_default(void);
+
+/* Progress callback: called after each denoising step (step counts from 1). Return non-zero to cancel. */
+typedef int (*sd3_progress_fn)(int step, int n_steps, double seconds_this_step, void *user);
+
+/* One generation request (txt2img, or img2img when init_image is set). */
+typedef struct sd3_gen_params {
+    const char *prompt, *prompt_2, *prompt_3;                 /* prompt_2/_3 default to prompt */
+    const char *negative_prompt, *negative_prompt_2, *negative_prompt_3; /* default "" / negative_prompt */
+    int width, height;          /* multiples of 16 (default 1024 x 1024; 512 is common on CPUs) */
+    int steps;                  /* denoising steps, >= 1 (default 28) */
+    float cfg_scale;            /* classifier-free guidance scale; CFG only when > 1 (default 7.0) */
+    float shift;                /* scheduler shift; 0 = the model's scheduler_config (3.0 for SD3) */
+    const float *sigmas;        /* optional custom sigma list (n_sigmas values, decreasing, > 0) */
+    int n_sigmas;
+    uint64_t seed;              /* torch.manual_seed equivalent */
+    int batch;                  /* images per prompt (default 1) */
+    int clip_skip;              /* 0 = none */
+    int max_sequence_length;    /* T5 tokens (default 256) */
+    float slg_scale;            /* skip-layer guidance scale (0 = off) */
+    const int *skip_layers;     /* blocks skipped for the SLG pass */
+    int n_skip_layers;
+    float slg_start, slg_stop;  /* fractions of the steps where SLG applies (default 0.01, 0.2) */
+    const char *init_image;     /* img2img: path of the init image (PNG/JPEG), NULL for txt2img */
+    float strength;             /* img2img strength in (0, 1] (default 0.6) */
+    const char *mask_image;     /* inpainting mask (white = repaint) */
+    const char *latents_in;     /* optional initial latents (.safetensors with tensor "latents") */
+    sd3_progress_fn progress;
+    void *progress_user;
+} sd3_gen_params;
+sd3_gen_params sd3_gen_params_default(void);
+/* Check a request before any work: sizes, steps, strength, guidance, files that must exist. */
+sd3_status sd3_gen_params_check(sd3_ctx *ctx, const sd3_gen_params *p);
+
+/* A generated image: 8-bit RGB, rows top to bottom. */
+typedef struct sd3_image {
+    int width, height;
+    uint8_t *rgb;
+} sd3_image;
+void sd3_image_free(sd3_image *img);
+
+/* Resolve and open the model (components are mapped lazily, used and released in turn). */
+sd3_status sd3_load(sd3_ctx *ctx, const sd3_model_params *mp);
+/* Run one request. images: array of p->batch images filled on success (free each with sd3_image_free).
+ * latents_out (optional): receives a malloc'd (batch, 16, H/8, W/8) float array of the final latents
+ * (what diffusers' output_type="latent" returns); free with free(). */
+sd3_status sd3_generate(sd3_ctx *ctx, const sd3_gen_params *p, sd3_image *images, float **latents_out);
+
 /* Library version string, and a one-line description of the CPU features the kernels dispatch on. */
 const char *sd3_version(void);
 const char *sd3_cpu_features(void);

@@ -1,35 +1,275 @@
 /*
  * sd3.c — the sd3 command-line tool. The only place that prints usage or calls exit().
- *   sd3 [generate] ...    text-to-image / image-to-image (default command)
- *   sd3 version           version and CPU features
+ *
+ *   sd3 [generate] -m MODEL -p PROMPT [options]   text-to-image, image-to-image (default command)
+ *   sd3 info IMAGE.png                            print the generation parameters stored in an image
+ *   sd3 version                                   version and detected CPU features
  */
+#include <errno.h>
+#include <stdarg.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 #include "sd3.h"
+#include "io/image.h"
+#include "io/json_util.h"
+
+#define MAX_SKIP 64
+#define MAX_SIGMAS 1000
+
+static const char *prog = "sd3";
+
+/* Print a one-line error and exit with status 1 (2 for usage errors). */
+static void die(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+static void die(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: error: ", prog);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(code);
+}
+
+static void usage_generate(FILE *f) {
+    sd3_gen_params d = sd3_gen_params_default();
+    fprintf(f,
+            "usage: sd3 [generate] [options]\n"
+            "  -m, --model PATH|REPO     diffusers folder, single-file .safetensors, or Hub repo id in the HF cache\n"
+            "                            (default: stabilityai/stable-diffusion-3-medium-diffusers)\n"
+            "      --clip-l/--clip-g/--t5xxl/--vae FILE   component overrides for single-file checkpoints\n"
+            "  -p, --prompt TEXT         the prompt (or -f/--prompt-file FILE)\n"
+            "      --prompt-2/--prompt-3 TEXT             prompts for CLIP-G / T5 (default: the prompt)\n"
+            "  -n, --negative-prompt TEXT  (also --negative-prompt-2/--negative-prompt-3)\n"
+            "  -W, --width N / -H, --height N   image size, multiples of 16 (default %d x %d)\n"
+            "      --steps N             denoising steps (default %d)\n"
+            "      --cfg X               guidance scale, CFG when > 1 (default %.1f)\n"
+            "      --shift X             scheduler shift (default: the model's, 3.0 for SD3)\n"
+            "      --sigmas a,b,...      custom sigma schedule\n"
+            "      --seed N              seed (random when absent; always printed)\n"
+            "      --batch N             images per prompt (default 1)\n"
+            "      --clip-skip N         CLIP layers to skip (default 0)\n"
+            "      --max-sequence-length N  T5 tokens (default %d)\n"
+            "      --slg-scale X --skip-layers a,b --slg-start X --slg-stop X   skip-layer guidance\n"
+            "      --init-img FILE --strength X   image-to-image (strength in (0, 1], default %.1f)\n"
+            "      --mask FILE           inpainting mask (with --init-img)\n"
+            "      --latents FILE        initial latents (.safetensors, tensor 'latents')\n"
+            "      --save-latents FILE   write the final latents (.safetensors)\n"
+            "  -o, --output FILE         PNG to write (default output.png; %%d for batches)\n"
+            "      --threads N           worker threads (default: all cores)\n"
+            "      --no-t5               run without T5 (zeros in its place)\n"
+            "  -v, --verbose\n",
+            d.width, d.height, d.steps, (double)d.cfg_scale, d.max_sequence_length, (double)d.strength);
+}
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: sd3 <command> [options]\n"
-            "commands:\n"
-            "  generate   text-to-image (default; not implemented yet)\n"
-            "  version    print version and detected CPU features\n");
+    fprintf(f, "usage: sd3 <command> [options]\n"
+               "commands:\n"
+               "  generate   text-to-image / image-to-image (default)\n"
+               "  info       print the parameters stored in a generated PNG\n"
+               "  version    print version and detected CPU features\n"
+               "Run 'sd3 generate --help' for the generation options.\n");
+}
+
+/* ---- strict number parsing: the whole string, in range, or a one-line error naming the flag ---- */
+
+static long parse_long(const char *flag, const char *s, long lo, long hi) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end) die(2, "%s: '%s' is not an integer", flag, s);
+    if (v < lo || v > hi) die(2, "%s: %ld is out of range [%ld, %ld]", flag, v, lo, hi);
+    return v;
+}
+
+static uint64_t parse_u64(const char *flag, const char *s) {
+    char *end;
+    errno = 0;
+    if (*s == '-') die(2, "%s: '%s' must be a non-negative integer", flag, s);
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end) die(2, "%s: '%s' is not a non-negative integer below 2^64", flag, s);
+    return (uint64_t)v;
+}
+
+static float parse_float(const char *flag, const char *s) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) die(2, "%s: '%s' is not a finite number", flag, s);
+    return v;
+}
+
+/* Comma-separated list of numbers into out (at most max). */
+static int parse_float_list(const char *flag, const char *s, float *out, int max) {
+    int n = 0;
+    char buf[8192];
+    if (strlen(s) >= sizeof buf) die(2, "%s: list too long", flag);
+    strcpy(buf, s);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        if (n == max) die(2, "%s: more than %d values", flag, max);
+        out[n++] = parse_float(flag, tok);
+    }
+    if (!n) die(2, "%s: empty list", flag);
+    return n;
+}
+
+static int parse_int_list(const char *flag, const char *s, int *out, int max) {
+    float tmp[MAX_SKIP];
+    int n = parse_float_list(flag, s, tmp, max < MAX_SKIP ? max : MAX_SKIP);
+    for (int i = 0; i < n; i++) {
+        if (tmp[i] != floorf(tmp[i]) || tmp[i] < 0 || tmp[i] > 1000) die(2, "%s: '%g' is not a layer index", flag, (double)tmp[i]);
+        out[i] = (int)tmp[i];
+    }
+    return n;
+}
+
+/* Read a whole prompt file (trailing newline removed). */
+static char *read_prompt_file(const char *path) {
+    sd3_err err = {0};
+    size_t n;
+    char *s = file_read_all(path, 1u << 20, &n, &err);
+    if (!s) die(1, "%s", err.msg);
+    while (n && (s[n - 1] == '\n' || s[n - 1] == '\r')) s[--n] = 0;
+    return s;
+}
+
+/* The output must be writable before we spend minutes computing it: its folder exists and accepts files,
+ * and the path is not a directory. */
+static void check_output_path(const char *flag, const char *path) {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) die(1, "%s: %s is a directory", flag, path);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) { if (slash == dir) slash[1] = 0; else *slash = 0; } else strcpy(dir, ".");
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) die(1, "%s: %s: folder %s does not exist", flag, path, dir);
+    if (access(dir, W_OK) != 0) die(1, "%s: %s: folder %s is not writable", flag, path, dir);
+}
+
+static int progress_cb(int step, int n, double sec, void *user) {
+    int tty = *(int *)user;
+    double eta = sec * (n - step);
+    if (tty) {
+        int w = 30, filled = step * w / n;
+        fprintf(stderr, "\r  [%.*s%*s] %d/%d  %.2fs/step  ETA %.0fs  ", filled, "##############################", w - filled, "",
+                step, n, sec, eta);
+        if (step == n) fprintf(stderr, "\n");
+    } else {
+        fprintf(stderr, "step %d/%d %.2fs eta %.0fs\n", step, n, sec, eta);
+    }
+    return 0;
+}
+
+static int cmd_generate(int argc, char **argv) {
+    sd3_model_params mp = sd3_model_params_default();
+    sd3_gen_params gp = sd3_gen_params_default();
+    const char *out = "output.png", *save_latents = NULL;
+    int threads = 0, verbose = 0, have_seed = 0;
+    static float sigmas[MAX_SIGMAS];
+    static int skip[MAX_SKIP];
+    mp.model = "stabilityai/stable-diffusion-3-medium-diffusers";
+#define NEXT() (i + 1 < argc ? argv[++i] : (die(2, "%s: missing value", a), (char *)NULL))
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage_generate(stdout); return 0; }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) mp.model = NEXT();
+        else if (!strcmp(a, "--clip-l")) mp.clip_l = NEXT();
+        else if (!strcmp(a, "--clip-g")) mp.clip_g = NEXT();
+        else if (!strcmp(a, "--t5xxl")) mp.t5xxl = NEXT();
+        else if (!strcmp(a, "--vae")) mp.vae = NEXT();
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) gp.prompt = NEXT();
+        else if (!strcmp(a, "-f") || !strcmp(a, "--prompt-file")) gp.prompt = read_prompt_file(NEXT());
+        else if (!strcmp(a, "--prompt-2")) gp.prompt_2 = NEXT();
+        else if (!strcmp(a, "--prompt-3")) gp.prompt_3 = NEXT();
+        else if (!strcmp(a, "-n") || !strcmp(a, "--negative-prompt")) gp.negative_prompt = NEXT();
+        else if (!strcmp(a, "--negative-prompt-2")) gp.negative_prompt_2 = NEXT();
+        else if (!strcmp(a, "--negative-prompt-3")) gp.negative_prompt_3 = NEXT();
+        else if (!strcmp(a, "-W") || !strcmp(a, "--width")) gp.width = (int)parse_long(a, NEXT(), 1, 100000);
+        else if (!strcmp(a, "-H") || !strcmp(a, "--height")) gp.height = (int)parse_long(a, NEXT(), 1, 100000);
+        else if (!strcmp(a, "--steps")) gp.steps = (int)parse_long(a, NEXT(), 1, 10000);
+        else if (!strcmp(a, "--cfg")) gp.cfg_scale = parse_float(a, NEXT());
+        else if (!strcmp(a, "--shift")) gp.shift = parse_float(a, NEXT());
+        else if (!strcmp(a, "--sigmas")) { gp.n_sigmas = parse_float_list(a, NEXT(), sigmas, MAX_SIGMAS); gp.sigmas = sigmas; }
+        else if (!strcmp(a, "--seed")) { gp.seed = parse_u64(a, NEXT()); have_seed = 1; }
+        else if (!strcmp(a, "--batch")) gp.batch = (int)parse_long(a, NEXT(), 1, 64);
+        else if (!strcmp(a, "--clip-skip")) gp.clip_skip = (int)parse_long(a, NEXT(), 0, 10);
+        else if (!strcmp(a, "--max-sequence-length")) gp.max_sequence_length = (int)parse_long(a, NEXT(), 1, 512);
+        else if (!strcmp(a, "--slg-scale")) gp.slg_scale = parse_float(a, NEXT());
+        else if (!strcmp(a, "--skip-layers")) { gp.n_skip_layers = parse_int_list(a, NEXT(), skip, MAX_SKIP); gp.skip_layers = skip; }
+        else if (!strcmp(a, "--slg-start")) gp.slg_start = parse_float(a, NEXT());
+        else if (!strcmp(a, "--slg-stop")) gp.slg_stop = parse_float(a, NEXT());
+        else if (!strcmp(a, "--init-img")) gp.init_image = NEXT();
+        else if (!strcmp(a, "--strength")) gp.strength = parse_float(a, NEXT());
+        else if (!strcmp(a, "--mask")) gp.mask_image = NEXT();
+        else if (!strcmp(a, "--latents")) gp.latents_in = NEXT();
+        else if (!strcmp(a, "--save-latents")) save_latents = NEXT();
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = NEXT();
+        else if (!strcmp(a, "--threads")) threads = (int)parse_long(a, NEXT(), 1, 256);
+        else if (!strcmp(a, "--no-t5")) mp.no_t5 = 1;
+        else if (!strcmp(a, "--keep-loaded")) mp.keep_loaded = 1;
+        else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) verbose = 1;
+        else die(2, "unknown option '%s' (see sd3 generate --help)", a);
+    }
+#undef NEXT
+    if (!gp.prompt) die(2, "no prompt: give -p TEXT or -f FILE");
+    if (!have_seed) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gp.seed = ((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)getpid()) & 0xffffffffu;
+    }
+    check_output_path("--output", out);
+    if (save_latents) check_output_path("--save-latents", save_latents);
+
+    sd3_ctx_params cp = sd3_ctx_params_default();
+    cp.n_threads = threads;
+    if (verbose) sd3_set_log(NULL, NULL, SD3_LOG_INFO);
+    sd3_ctx *ctx = sd3_ctx_create(&cp);
+    if (!ctx) die(1, "out of memory");
+    if (sd3_gen_params_check(ctx, &gp) != SD3_OK) die(1, "%s", sd3_last_error(ctx));
+    int tty = isatty(2);
+    gp.progress = progress_cb;
+    gp.progress_user = &tty;
+    fprintf(stderr, "seed %llu\n", (unsigned long long)gp.seed);
+    if (sd3_load(ctx, &mp) != SD3_OK) die(1, "%s", sd3_last_error(ctx));
+    sd3_image *imgs = calloc((size_t)gp.batch, sizeof *imgs);
+    float *lat = NULL;
+    if (sd3_generate(ctx, &gp, imgs, save_latents ? &lat : NULL) != SD3_OK) die(1, "%s", sd3_last_error(ctx));
+    /* writing the outputs is added with the pipeline */
+    free(lat);
+    for (int b = 0; b < gp.batch; b++) sd3_image_free(&imgs[b]);
+    free(imgs);
+    sd3_ctx_free(ctx);
+    return 0;
+}
+
+static void print_text(const char *key, const char *value, void *user) {
+    (void)user;
+    printf("%s: %s\n", key, value);
+}
+
+static int cmd_info(int argc, char **argv) {
+    if (argc != 1) die(2, "usage: sd3 info IMAGE.png");
+    sd3_err err = {0};
+    if (image_read_png_text(argv[0], print_text, NULL, &err) != SD3_OK) die(1, "%s", err.msg);
+    return 0;
 }
 
 int main(int argc, char **argv) {
     const char *cmd = argc > 1 ? argv[1] : "generate";
-    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
-        usage(stdout);
-        return 0;
-    }
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("sd3c %s (cpu: %s)\n", sd3_version(), sd3_cpu_features());
         return 0;
     }
-    if (!strcmp(cmd, "generate") || cmd[0] == '-') {
-        fprintf(stderr, "sd3: generate: not implemented yet (the pipeline lands with issue 5)\n");
-        return 1;
-    }
-    fprintf(stderr, "sd3: unknown command '%s'\n", cmd);
+    if (!strcmp(cmd, "info")) return cmd_info(argc - 2, argv + 2);
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (cmd[0] == '-') return cmd_generate(argc - 1, argv + 1);
+    fprintf(stderr, "%s: error: unknown command '%s'\n", prog, cmd);
     usage(stderr);
     return 2;
 }

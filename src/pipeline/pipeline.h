@@ -1,0 +1,21 @@
+/* pipeline.h — internal side of the generation pipeline (the public calls are in sd3.h): the context
+ * struct, which holds the resolved model and the memory policy's state. */
+#ifndef SD3_PIPELINE_H
+#define SD3_PIPELINE_H
+
+#include "core/core.h"
+
+struct sd3_ctx {
+    sd3_ctx_params params;
+    sd3_err err;
+    sd3_model_params model;     /* as given to sd3_load (strings owned below) */
+    char model_path[4096];      /* resolved folder or single file */
+    int loaded;
+};
+
+/* Validate a request (see sd3_gen_params_check); err names the parameter. */
+sd3_status gen_params_check(const sd3_gen_params *p, sd3_err *err);
+/* Release whatever the context holds of the model. */
+void pipeline_unload(sd3_ctx *ctx);
+
+#endif
