@@ -58,3 +58,10 @@ void k_add_bias(float *y, const tensor *b, int rows, int C) {
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < C; c++) y[(int64_t)r * C + c] += tensor_get_f32(b, c);
 }
+
+static int g_prec = 0, g_isa_cap = K_ISA_ANY;
+int k_set_precision(int bf16) { int o = g_prec; g_prec = bf16 ? 1 : 0; return o; }
+int k_get_precision(void) { return g_prec; }
+int k_set_isa_cap(int level) { int o = g_isa_cap; g_isa_cap = level; return o; }
+const char *k_attention_variant(void) { return "ref"; }
+const char *k_conv2d_variant(void) { return "ref"; }

@@ -106,4 +106,25 @@ void k_add_bias(float *y, const tensor *b, int rows, int C);
 /* Human-readable name of the variant k_linear picks for weight dtype dt ("avx512_bf16", "ref", ...). */
 const char *k_linear_variant(dtype dt);
 
+/* ---- precision and variant control (added by the kernels engineer) ---------------------------- */
+
+/* Precision mode of the matrix products (k_linear, k_matmul, k_conv2d). 0 (the default): exact F32
+ * products with F32 accumulation, whatever the weight dtype (F16/BF16 weights are widened per tile).
+ * 1: opt-in bf16 mode — activations and weights are rounded to bf16 per tile and multiplied with
+ * AVX512_BF16 dot products (F32 accumulation); about 3 significant digits per product. Where the CPU
+ * lacks AVX512_BF16 the mode is accepted but the F32 path runs. Returns the previous mode. Set it from
+ * the main thread between calls, not while kernels run. */
+int k_set_precision(int bf16);
+int k_get_precision(void);
+
+/* Cap the SIMD level dispatch may use: K_ISA_PORTABLE (plain C, threaded), K_ISA_AVX2, K_ISA_AVX512,
+ * K_ISA_ANY (the default: best the CPU has). For tests and benchmarks; returns the previous cap.
+ * SD3_FORCE_REF=1 / cpu_force_ref(1) still wins and selects the scalar _ref twins. */
+enum { K_ISA_PORTABLE = 0, K_ISA_AVX2 = 1, K_ISA_AVX512 = 2, K_ISA_ANY = 3 };
+int k_set_isa_cap(int level);
+
+/* Name of the variant k_attention / k_conv2d run with the current settings ("avx512", "ref", ...). */
+const char *k_attention_variant(void);
+const char *k_conv2d_variant(void);
+
 #endif /* SD3_KERNELS_H */
