@@ -42,4 +42,10 @@ sd3_status tensor_expect(const tensor *t, const char *name, sd3_err *err, int nd
 /* Drop the page cache pages of every file (after the component is used). */
 void weights_release_pages(weights *w);
 
+/* Find a component folder's weights without opening them: on success path holds
+ * <dir>/<stem>.safetensors, <dir>/<stem>.fp16.safetensors, or (with *sharded = 1) the index
+ * <stem>.safetensors.index.json / <stem>.safetensors.index.fp16.json, in that order of preference.
+ * SD3_ERR_NOT_FOUND naming what was looked for; SD3_ERR_UNSUPPORTED if only a .bin pickle is there. */
+sd3_status weights_locate(const char *dir, const char *stem, char *path, size_t n, int *sharded, sd3_err *err);
+
 #endif
