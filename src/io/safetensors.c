@@ -119,9 +119,12 @@ static sd3_status parse_entry(const char *label, const cJSON *obj, st_entry *e, 
     int overflow = 0, zero = 0, i = 0;
     for (const cJSON *d = js->child; d; d = d->next, i++) {
         uint64_t v;
-        if (json_uint(d, &v) != 0)
-            return sd3_errf(err, SD3_ERR_FORMAT, "%s: tensor '%s': shape[%d] is not a non-negative integer", label,
-                            name, i);
+        if (json_uint(d, &v) != 0) {
+            char got[48] = "not a number";
+            if (cJSON_IsNumber(d)) snprintf(got, sizeof got, "%.17g", d->valuedouble);
+            return sd3_errf(err, SD3_ERR_FORMAT, "%s: tensor '%s': shape[%d] (%s) is not a non-negative integer",
+                            label, name, i, got);
+        }
         e->shape[i] = (int64_t)v;
         if (v == 0) zero = 1;
         else if (numel > UINT64_MAX / v) overflow = 1;
