@@ -408,17 +408,18 @@ static sd3_status load_into(mmdit_model *m, const weights *w, const mmdit_config
         if ((s = get_linear(&ld, top[k].d, top[k].o, -1, top[k].swap, top[k].N, top[k].K, top[k].dst)) != SD3_OK)
             return s;
 
-    m->blocks = sd3_calloc((size_t)cfg->num_layers, sizeof *m->blocks);
-    if (!m->blocks) return sd3_errf(err, SD3_ERR_NOMEM, "out of memory (%d blocks)", cfg->num_layers);
-    for (int i = 0; i < cfg->num_layers; i++)
-        if ((s = load_block(&ld, cfg, i, &m->blocks[i])) != SD3_OK) return s;
-    /* More blocks in the file than the config says is a mismatch too. */
+    /* More blocks in the file than the config says is a mismatch (checked first: it
+     * would otherwise show as a misshaped last block). */
     char key[128];
     snprintf(key, sizeof key, o ? "joint_blocks.%d.x_block.attn.qkv.weight" : "transformer_blocks.%d.norm1.linear.weight",
              cfg->num_layers);
     if (weights_has(&ld.w, key))
         return sd3_errf(err, SD3_ERR_SHAPE, "%s: tensor '%s%s' exists but the config has num_layers %d", w->label,
                         ld.w.prefix, key, cfg->num_layers);
+    m->blocks = sd3_calloc((size_t)cfg->num_layers, sizeof *m->blocks);
+    if (!m->blocks) return sd3_errf(err, SD3_ERR_NOMEM, "out of memory (%d blocks)", cfg->num_layers);
+    for (int i = 0; i < cfg->num_layers; i++)
+        if ((s = load_block(&ld, cfg, i, &m->blocks[i])) != SD3_OK) return s;
     return SD3_OK;
 }
 
