@@ -31,27 +31,50 @@ static void gpath(char *out, size_t n, const char *rel) { snprintf(out, n, "%s/%
 /* A rename rule for copies: name -> new name in buf, or NULL to drop the tensor. */
 typedef const char *(*rename_fn)(const char *name, char *buf, size_t n, const void *arg);
 
-/* Copy safetensors src to dst, renaming / dropping tensors with fn; 0 on success. */
-static int write_copy(const char *src, const char *dst, rename_fn fn, const void *arg) {
+/* Copy safetensors src to dst, renaming / dropping tensors with fn, converting F32 tensors to F16 when
+ * to_f16; 0 on success. */
+static int write_copy_as(const char *src, const char *dst, rename_fn fn, const void *arg, int to_f16) {
     sd3_err err = {0};
     st_file *f;
     if (st_open(&f, src, &err) != SD3_OK) { printf("  cannot open %s: %s\n", src, err.msg); return -1; }
     st_writer *w = st_writer_new();
+    void **conv = calloc((size_t)f->n, sizeof *conv);
     int rc = 0;
     for (int i = 0; i < f->n && !rc; i++) {
         const st_entry *en = &f->entries[i];
         char buf[512];
         const char *name = fn(en->name, buf, sizeof buf, arg);
         if (!name) continue;
-        if (st_writer_add(w, name, en->dt, en->ndim, en->shape, en->data, &err) != SD3_OK) {
+        const void *data = en->data;
+        dtype dt = en->dt;
+        if (to_f16 && dt == DT_F32) {
+            size_t n = (en->end - en->begin) / 4;
+            conv[i] = malloc(n * 2 + 2);
+            f32_to_fp16_row(en->data, conv[i], n);
+            data = conv[i];
+            dt = DT_F16;
+        }
+        if (st_writer_add(w, name, dt, en->ndim, en->shape, data, &err) != SD3_OK) {
             printf("  %s\n", err.msg);
             rc = -1;
         }
     }
     if (!rc && st_writer_write(w, dst, &err) != SD3_OK) { printf("  %s\n", err.msg); rc = -1; }
     st_writer_free(w);
+    for (int i = 0; i < f->n; i++) free(conv[i]);
+    free(conv);
     st_close(f);
     return rc;
+}
+
+static int write_copy(const char *src, const char *dst, rename_fn fn, const void *arg) {
+    return write_copy_as(src, dst, fn, arg, 0);
+}
+
+/* Rename rule: keep everything. */
+static const char *keep_all(const char *name, char *buf, size_t n, const void *arg) {
+    (void)buf, (void)n, (void)arg;
+    return name;
 }
 
 /* Rename rule: drop the tensor named by arg. */
@@ -345,6 +368,55 @@ static void test_single_equals_dir(const mmdit_model *m) {
     mmdit_free(&s);
 }
 
+/* ---- F16 weights: used in their stored dtype; fused-qkv slices and swapped halves of 2-byte rows ---- */
+
+static void test_f16(const mmdit_model *m32) {
+    char src[4096], sf[4096], cfgp[4096], d1[512], d2[512];
+    gpath(src, sizeof src, "tiny-sd3/transformer/diffusion_pytorch_model.safetensors");
+    gpath(sf, sizeof sf, "tiny-sd3-single-file/sd3_tiny.safetensors");
+    gpath(cfgp, sizeof cfgp, "tiny-sd3/transformer/config.json");
+    snprintf(d1, sizeof d1, "%s/f16_dir.safetensors", g_tmp);
+    snprintf(d2, sizeof d2, "%s/f16_single.safetensors", g_tmp);
+    if (write_copy_as(src, d1, keep_all, NULL, 1) || write_copy_as(sf, d2, keep_all, NULL, 1)) {
+        CHECK(0, "cannot write the F16 copies");
+        return;
+    }
+    sd3_err err = {0};
+    weights w;
+    mmdit_model a, b;
+    CHECK(weights_open_file(&w, d1, &err) == SD3_OK, "%s", err.msg);
+    sd3_status s1 = mmdit_load_weights(&a, &w, &m32->cfg, &err);
+    CHECK(s1 == SD3_OK, "F16 diffusers copy: %s", err.msg);
+    sd3_status s2 = mmdit_load_file(&b, d2, cfgp, &err);
+    CHECK(s2 == SD3_OK, "F16 single-file copy: %s", err.msg);
+    if (s1 == SD3_OK && s2 == SD3_OK) {
+        CHECK(a.blocks[0].attn_to_k.weight.dt == DT_F16 && b.blocks[0].attn_to_k.weight.dt == DT_F16 &&
+                  b.norm_out_linear.weight.dt == DT_F16,
+              "weights stay F16");
+        inputs in;
+        inputs_make(&in, &m32->cfg, 2, 16, 8, 4);
+        size_t n = out_n(m32, &in);
+        float *ref = malloc(sizeof(float) * n), *fa = malloc(sizeof(float) * n);
+        CHECK(fwd(m32, &in, NULL, 0, &err) == SD3_OK, "%s", err.msg);
+        memcpy(ref, in.out, sizeof(float) * n);
+        CHECK(fwd(&a, &in, NULL, 0, &err) == SD3_OK, "%s", err.msg);
+        memcpy(fa, in.out, sizeof(float) * n);
+        CHECK(fwd(&b, &in, NULL, 0, &err) == SD3_OK, "%s", err.msg);
+        float dab = max_diff(fa, in.out, n), dref = max_diff(ref, fa, n);
+        CHECK(dab == 0.0f, "F16 single file and F16 diffusers folder differ by %g", dab);
+        /* fp16 weights (relative rounding 2^-11) on outputs of size ~3: bound 0.01, written down here. */
+        CHECK(dref < 0.01f && dref > 0.0f, "F16 vs F32 weights: max diff %g (bound 0.01)", dref);
+        printf("  F16 weights vs F32: max |diff| %.3g (bound 0.01)\n", dref);
+        free(ref), free(fa);
+        inputs_free(&in);
+    }
+    mmdit_free(&a);
+    mmdit_free(&b);
+    weights_close(&w);
+    unlink(d1);
+    unlink(d2);
+}
+
 int main(int argc, char **argv) {
     const char *root = argc > 1 ? argv[1] : getenv("SD3_GOLDEN");
     snprintf(g_root, sizeof g_root, "%s", root ? root : "../shared/golden");
@@ -369,6 +441,7 @@ int main(int argc, char **argv) {
         test_sizes(&m);
         test_skip(&m);
         test_single_equals_dir(&m);
+        test_f16(&m);
         mmdit_free(&m);
     }
     test_load_errors();
