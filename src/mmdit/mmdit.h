@@ -13,8 +13,8 @@
  *
  * Weights stay views into the mmapped files in their stored dtype (except the two adaLN linears the
  * original layout stores with swapped halves, which get a small owned copy). Activations are F32,
- * allocated once per forward. A model is read-only during forward: two threads may run forwards on one
- * model at the same time (each call allocates its own activations).
+ * allocated once per forward (one block, carved). A model is read-only during forward; the kernels'
+ * thread pool is process-wide, so run one forward at a time.
  *
  * Dimension letters: B batch, C hidden width (heads x head_dim), D head_dim, Tx image tokens
  * ((H/p) x (W/p)), Tc text tokens (S), J joint_attention_dim, P pooled_projection_dim.
@@ -153,9 +153,11 @@ typedef struct mmdit_hook {
 } mmdit_hook;
 
 /* Velocity prediction for latents x (B, in, H, W), text embeddings ctx (B, S, J), pooled (B, P) and
- * timesteps t (B) (sigma * 1000). out: (B, out, H, W). skip_layers: n_skip block indices whose blocks
- * are not run (skip-layer guidance; both streams pass through unchanged); NULL/0 for none. H and W must
- * be multiples of patch_size with (H/p, W/p) inside pos_embed_max_size. */
+ * timesteps t (B) (sigma * 1000). out: (B, out, H, W). skip_layers: n_skip block indices in
+ * [0, num_layers) whose blocks are not run (skip-layer guidance, as diffusers' forward(skip_layers=...):
+ * both streams pass through unchanged); NULL/0 for none; an index outside the blocks is an error (diffusers
+ * would ignore it silently). H and W must be multiples of patch_size with (H/p, W/p) inside
+ * pos_embed_max_size (SD3_ERR_INVALID_ARG naming the limit otherwise). */
 sd3_status mmdit_forward(const mmdit_model *m, const float *x, int B, int H, int W, const float *ctx, int S,
                          const float *pooled, const float *timestep, const int *skip_layers, int n_skip,
                          float *out, sd3_err *err);
