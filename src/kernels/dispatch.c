@@ -1,9 +1,52 @@
-/* dispatch.c — the public k_* entry points: pick the fast variant for this CPU and weight dtype, split
- * the work over the thread pool, or fall back to the scalar twin. (Fast variants land in cpu/.) */
+/* dispatch.c — the public k_* entry points: pick the variant for this CPU (AVX-512, AVX2+FMA or portable
+ * C, capped by k_set_isa_cap), the weight dtype and the precision mode, split the work over the thread
+ * pool, or fall back to the scalar _ref twin when SD3_FORCE_REF=1 / cpu_force_ref(1). The fast variants
+ * live in cpu/. */
+#include <math.h>
 #include <string.h>
 #include "kernels/kernels.h"
+#include "kernels/cpu/kcpu.h"
 
-/* ---- linear: split output rows M into chunks over the pool ---- */
+/* ================================================================================================ */
+/* Variant selection                                                                                */
+/* ================================================================================================ */
+
+static int g_prec = 0, g_isa_cap = K_ISA_ANY;
+
+int k_set_precision(int bf16) { int o = g_prec; g_prec = bf16 ? 1 : 0; return o; }
+int k_get_precision(void) { return g_prec; }
+int k_set_isa_cap(int level) { int o = g_isa_cap; g_isa_cap = level; return o; }
+
+/* The fast-kernel table to use, or NULL for the scalar refs. */
+static const kc_isa *pick(void) {
+    if (cpu_ref_forced()) return NULL;
+    const cpu_features *f = cpu_get();
+    if (g_isa_cap >= K_ISA_AVX512 && f->avx512f && f->avx512bw && f->avx512vl && f->fma && f->f16c && kc_isa_avx512())
+        return kc_isa_avx512();
+    if (g_isa_cap >= K_ISA_AVX2 && f->avx2 && f->fma && f->f16c && kc_isa_avx2()) return kc_isa_avx2();
+    return kc_isa_portable();
+}
+
+/* Whether the bf16 products run: the mode is on and the CPU and the table have the dot product. */
+static int use_bf16(const kc_isa *isa) { return g_prec && isa && isa->ukr_bf16 && cpu_get()->avx512_bf16; }
+
+const char *k_linear_variant(dtype dt) {
+    const kc_isa *isa = pick();
+    if (!isa) return "ref";
+    static char buf[4][48];
+    int i = dt == DT_F16 ? 1 : dt == DT_BF16 ? 2 : 0;
+    if (use_bf16(isa)) snprintf(buf[3], sizeof buf[3], "%s_bf16dot", isa->name), i = 3;
+    else snprintf(buf[i], sizeof buf[i], "%s_f32fma%s", isa->name, dt == DT_F16 ? "(f16->f32 per tile)" : dt == DT_BF16 ? "(bf16->f32 per tile)" : "");
+    return buf[i];
+}
+const char *k_attention_variant(void) { const kc_isa *isa = pick(); return !isa ? "ref" : isa->attn_tile ? isa->name : "portable"; }
+const char *k_conv2d_variant(void) { const kc_isa *isa = pick(); return !isa ? "ref" : isa->name; }
+
+/* ================================================================================================ */
+/* Matrix products, attention, convolution                                                          */
+/* ================================================================================================ */
+
+/* Ref fallback for linear: split output rows over the pool. */
 typedef struct { float *y; const float *x; const tensor *W, *b; int M, N, K, chunk; } linear_job;
 
 static void linear_task(void *a, int t, int thread) {
@@ -14,6 +57,8 @@ static void linear_task(void *a, int t, int thread) {
 }
 
 void k_linear(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K) {
+    const kc_isa *isa = pick();
+    if (isa) { kc_linear(isa, use_bf16(isa), y, x, W, b, M, N, K); return; }
     int nt = pool_threads();
     int chunk = (M + nt - 1) / nt;
     if (chunk < 1) chunk = 1;
@@ -21,47 +66,232 @@ void k_linear(float *y, const float *x, const tensor *W, const tensor *b, int M,
     pool_run((M + chunk - 1) / chunk, linear_task, &j);
 }
 
-const char *k_linear_variant(dtype dt) { (void)dt; return "ref"; }
-
 void k_matmul(float *C, const float *A, const float *B, int batch, int M, int N, int K, int transB) {
-    k_matmul_ref(C, A, B, batch, M, N, K, transB);
+    const kc_isa *isa = pick();
+    if (isa) kc_matmul(isa, use_bf16(isa), C, A, B, batch, M, N, K, transB);
+    else k_matmul_ref(C, A, B, batch, M, N, K, transB);
 }
 
 void k_attention(float *o, const float *q, const float *k, const float *v, const attn_params *p) {
-    k_attention_ref(o, q, k, v, p);
+    const kc_isa *isa = pick();
+    if (isa) kc_attention(isa, o, q, k, v, p);
+    else k_attention_ref(o, q, k, v, p);
 }
 
-void k_softmax(float *x, int rows, int n) { k_softmax_ref(x, rows, n); }
+void k_conv2d(float *y, const float *x, const tensor *w, const tensor *b, const conv2d_params *p) {
+    const kc_isa *isa = pick();
+    if (isa) kc_conv2d(isa, use_bf16(isa), y, x, w, b, p);
+    else k_conv2d_ref(y, x, w, b, p);
+}
+
+/* ================================================================================================ */
+/* Row-parallel ops: norms, softmax, activations, elementwise                                       */
+/* ================================================================================================ */
+
+/* Work below this many floats runs on the calling thread (a pool round trip costs a few microseconds). */
+#define PAR_MIN 32768
+
+/* Split [0, n) into about 4 chunks per thread (multiples of `align`) and run fn on each. */
+typedef void (*range_fn)(void *ctx, size_t i0, size_t i1);
+typedef struct { range_fn fn; void *ctx; size_t n, chunk; } range_job;
+
+static void range_task(void *a, int t, int thread) {
+    (void)thread;
+    range_job *j = a;
+    size_t i0 = (size_t)t * j->chunk, i1 = i0 + j->chunk < j->n ? i0 + j->chunk : j->n;
+    if (i0 < i1) j->fn(j->ctx, i0, i1);
+}
+
+/* Run fn over [0, n) items of `cost` floats each, in parallel when the total is large enough. */
+static void par_range(size_t n, size_t cost, size_t align, range_fn fn, void *ctx) {
+    if (n == 0) return;
+    int nt = pool_threads();
+    if (nt <= 1 || n * cost < PAR_MIN || n < 2) { fn(ctx, 0, n); return; }
+    size_t chunk = (n + 4 * (size_t)nt - 1) / (4 * (size_t)nt);
+    chunk = (chunk + align - 1) / align * align;
+    range_job j = {fn, ctx, n, chunk};
+    pool_run((int)((n + chunk - 1) / chunk), range_task, &j);
+}
+
+/* ---- softmax ---- */
+typedef struct { float *x; int n; const kc_isa *isa; } softmax_ctx;
+
+static void softmax_rows(void *c, size_t r0, size_t r1) {
+    softmax_ctx *s = c;
+    for (size_t r = r0; r < r1; r++) {
+        float *row = s->x + (int64_t)r * s->n, mx = -INFINITY, sum = 0.0f;
+        if (!s->isa || !s->isa->act) { k_softmax_ref(row, 1, s->n); continue; }
+        for (int i = 0; i < s->n; i++) if (row[i] > mx) mx = row[i];
+        for (int i = 0; i < s->n; i++) row[i] -= mx;
+        s->isa->act(KC_ACT_EXP, row, row, (size_t)s->n);
+        for (int i = 0; i < s->n; i++) sum += row[i];
+        for (int i = 0; i < s->n; i++) row[i] /= sum;
+    }
+}
+
+void k_softmax(float *x, int rows, int n) {
+    const kc_isa *isa = pick();
+    if (!isa) { k_softmax_ref(x, rows, n); return; }
+    softmax_ctx c = {x, n, isa};
+    par_range((size_t)rows, (size_t)n, 1, softmax_rows, &c);
+}
+
+/* ---- layernorm / rmsnorm: rows split over the pool, the ref on each chunk of rows ---- */
+typedef struct { float *y; const float *x; const tensor *w, *b; int C; float eps; int rms; } norm_ctx;
+
+static void norm_rows(void *c, size_t r0, size_t r1) {
+    norm_ctx *s = c;
+    int64_t off = (int64_t)r0 * s->C;
+    if (s->rms) k_rmsnorm_ref(s->y + off, s->x + off, s->w, (int)(r1 - r0), s->C, s->eps);
+    else k_layernorm_ref(s->y + off, s->x + off, s->w, s->b, (int)(r1 - r0), s->C, s->eps);
+}
+
 void k_layernorm(float *y, const float *x, const tensor *w, const tensor *b, int rows, int C, float eps) {
-    k_layernorm_ref(y, x, w, b, rows, C, eps);
+    if (!pick()) { k_layernorm_ref(y, x, w, b, rows, C, eps); return; }
+    norm_ctx c = {y, x, w, b, C, eps, 0};
+    par_range((size_t)rows, (size_t)C * 4, 1, norm_rows, &c);
 }
-void k_rmsnorm(float *y, const float *x, const tensor *w, int rows, int C, float eps) { k_rmsnorm_ref(y, x, w, rows, C, eps); }
+
+void k_rmsnorm(float *y, const float *x, const tensor *w, int rows, int C, float eps) {
+    if (!pick()) { k_rmsnorm_ref(y, x, w, rows, C, eps); return; }
+    norm_ctx c = {y, x, w, NULL, C, eps, 1};
+    par_range((size_t)rows, (size_t)C * 4, 1, norm_rows, &c);
+}
+
+/* ---- groupnorm: (image, group) pairs split over the pool; each is the ref on a one-group view ---- */
+typedef struct { float *y; const float *x; const tensor *w, *b; int C, HW, G; float eps; } gn_ctx;
+
+/* A view of channels [c0, c0 + n) of a per-channel tensor (NULL stays NULL). */
+static const tensor *chan_view(const tensor *t, int c0, int n, tensor *view) {
+    if (!t) return NULL;
+    *view = *t;
+    view->ndim = 1;
+    view->shape[0] = n;
+    view->owned = 0;
+    view->data = (char *)t->data + (size_t)c0 * dtype_size(t->dt);
+    return view;
+}
+
+static void gn_items(void *c, size_t i0, size_t i1) {
+    gn_ctx *s = c;
+    int cg = s->C / s->G;
+    for (size_t it = i0; it < i1; it++) {
+        int n = (int)(it / (size_t)s->G), g = (int)(it % (size_t)s->G);
+        int64_t off = ((int64_t)n * s->C + (int64_t)g * cg) * s->HW;
+        tensor wv, bv;
+        k_groupnorm_ref(s->y + off, s->x + off, chan_view(s->w, g * cg, cg, &wv), chan_view(s->b, g * cg, cg, &bv), 1, cg, s->HW, 1,
+                        s->eps);
+    }
+}
+
 void k_groupnorm(float *y, const float *x, const tensor *w, const tensor *b, int N, int C, int HW, int G, float eps) {
-    k_groupnorm_ref(y, x, w, b, N, C, HW, G, eps);
+    if (!pick()) { k_groupnorm_ref(y, x, w, b, N, C, HW, G, eps); return; }
+    gn_ctx c = {y, x, w, b, C, HW, G, eps};
+    par_range((size_t)N * G, (size_t)(C / G) * HW * 4, 1, gn_items, &c);
 }
-void k_gelu_erf(float *y, const float *x, size_t n) { k_gelu_erf_ref(y, x, n); }
-void k_gelu_tanh(float *y, const float *x, size_t n) { k_gelu_tanh_ref(y, x, n); }
-void k_quick_gelu(float *y, const float *x, size_t n) { k_quick_gelu_ref(y, x, n); }
-void k_silu(float *y, const float *x, size_t n) { k_silu_ref(y, x, n); }
-void k_conv2d(float *y, const float *x, const tensor *w, const tensor *b, const conv2d_params *p) { k_conv2d_ref(y, x, w, b, p); }
-void k_upsample_nearest2x(float *y, const float *x, int N, int C, int H, int W) { k_upsample_nearest2x_ref(y, x, N, C, H, W); }
+
+/* ---- activations ---- */
+typedef struct { int kind; float *y; const float *x; const kc_isa *isa; } act_ctx;
+
+static void act_range(void *c, size_t i0, size_t i1) {
+    act_ctx *s = c;
+    float *y = s->y + i0;
+    const float *x = s->x + i0;
+    size_t n = i1 - i0;
+    if (s->isa && s->isa->act) { s->isa->act(s->kind, y, x, n); return; }
+    switch (s->kind) {
+    case KC_ACT_GELU_ERF: k_gelu_erf_ref(y, x, n); break;
+    case KC_ACT_GELU_TANH: k_gelu_tanh_ref(y, x, n); break;
+    case KC_ACT_QUICK_GELU: k_quick_gelu_ref(y, x, n); break;
+    default: k_silu_ref(y, x, n); break;
+    }
+}
+
+static void act_run(int kind, float *y, const float *x, size_t n) {
+    act_ctx c = {kind, y, x, pick()};
+    par_range(n, 16, 64, act_range, &c);
+}
+
+void k_gelu_erf(float *y, const float *x, size_t n) { if (!pick()) k_gelu_erf_ref(y, x, n); else act_run(KC_ACT_GELU_ERF, y, x, n); }
+void k_gelu_tanh(float *y, const float *x, size_t n) { if (!pick()) k_gelu_tanh_ref(y, x, n); else act_run(KC_ACT_GELU_TANH, y, x, n); }
+void k_quick_gelu(float *y, const float *x, size_t n) { if (!pick()) k_quick_gelu_ref(y, x, n); else act_run(KC_ACT_QUICK_GELU, y, x, n); }
+void k_silu(float *y, const float *x, size_t n) { if (!pick()) k_silu_ref(y, x, n); else act_run(KC_ACT_SILU, y, x, n); }
+
+/* ---- upsample: (image·channel) planes split over the pool ---- */
+typedef struct { float *y; const float *x; int H, W; } up_ctx;
+
+static void up_planes(void *c, size_t p0, size_t p1) {
+    up_ctx *s = c;
+    for (size_t p = p0; p < p1; p++) {
+        const float *x = s->x + (int64_t)p * s->H * s->W;
+        float *y = s->y + (int64_t)p * 4 * s->H * s->W;
+        for (int i = 0; i < s->H; i++) {
+            float *r0 = y + (int64_t)(2 * i) * 2 * s->W;
+            for (int j = 0; j < s->W; j++) r0[2 * j] = r0[2 * j + 1] = x[(int64_t)i * s->W + j];
+            memcpy(r0 + 2 * s->W, r0, sizeof(float) * 2 * (size_t)s->W);
+        }
+    }
+}
+
+void k_upsample_nearest2x(float *y, const float *x, int N, int C, int H, int W) {
+    if (!pick()) { k_upsample_nearest2x_ref(y, x, N, C, H, W); return; }
+    up_ctx c = {y, x, H, W};
+    par_range((size_t)N * C, (size_t)H * W * 4, 1, up_planes, &c);
+}
+
+/* ---- modulate, gated_add: rows split over the pool ---- */
+typedef struct { float *y; const float *x; const float *a, *b; int C; } rowop_ctx;
+
+static void modulate_rows(void *c, size_t r0, size_t r1) {
+    rowop_ctx *s = c;
+    int64_t off = (int64_t)r0 * s->C;
+    k_modulate_ref(s->y + off, s->x + off, s->a, s->b, (int)(r1 - r0), s->C);
+}
+static void gated_rows(void *c, size_t r0, size_t r1) {
+    rowop_ctx *s = c;
+    int64_t off = (int64_t)r0 * s->C;
+    k_gated_add_ref(s->y + off, s->x + off, s->a, (int)(r1 - r0), s->C);
+}
+
 void k_modulate(float *y, const float *x, const float *shift, const float *scale, int rows, int C) {
-    k_modulate_ref(y, x, shift, scale, rows, C);
+    if (!pick()) { k_modulate_ref(y, x, shift, scale, rows, C); return; }
+    rowop_ctx c = {y, x, shift, scale, C};
+    par_range((size_t)rows, (size_t)C, 1, modulate_rows, &c);
 }
-void k_gated_add(float *y, const float *x, const float *gate, int rows, int C) { k_gated_add_ref(y, x, gate, rows, C); }
+void k_gated_add(float *y, const float *x, const float *gate, int rows, int C) {
+    if (!pick()) { k_gated_add_ref(y, x, gate, rows, C); return; }
+    rowop_ctx c = {y, x, gate, NULL, C};
+    par_range((size_t)rows, (size_t)C, 1, gated_rows, &c);
+}
 
-void k_add(float *y, const float *a, const float *b, size_t n) { for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i]; }
-void k_mul(float *y, const float *a, const float *b, size_t n) { for (size_t i = 0; i < n; i++) y[i] = a[i] * b[i]; }
-void k_scale(float *y, const float *x, float s, size_t n) { for (size_t i = 0; i < n; i++) y[i] = s * x[i]; }
-void k_axpy(float *y, float a, const float *x, size_t n) { for (size_t i = 0; i < n; i++) y[i] += a * x[i]; }
+/* ---- plain elementwise (no _ref twins: these loops are their own definition) ---- */
+typedef struct { int op; float *y; const float *a, *b; float s; } ew_ctx;
+
+static void ew_range(void *c, size_t i0, size_t i1) {
+    ew_ctx *e = c;
+    float *y = e->y;
+    const float *a = e->a, *b = e->b;
+    switch (e->op) {
+    case 0: for (size_t i = i0; i < i1; i++) y[i] = a[i] + b[i]; break;
+    case 1: for (size_t i = i0; i < i1; i++) y[i] = a[i] * b[i]; break;
+    case 2: for (size_t i = i0; i < i1; i++) y[i] = e->s * a[i]; break;
+    default: for (size_t i = i0; i < i1; i++) y[i] += e->s * a[i]; break;
+    }
+}
+
+void k_add(float *y, const float *a, const float *b, size_t n) { ew_ctx c = {0, y, a, b, 0}; par_range(n, 1, 64, ew_range, &c); }
+void k_mul(float *y, const float *a, const float *b, size_t n) { ew_ctx c = {1, y, a, b, 0}; par_range(n, 1, 64, ew_range, &c); }
+void k_scale(float *y, const float *x, float s, size_t n) { ew_ctx c = {2, y, x, NULL, s}; par_range(n, 1, 64, ew_range, &c); }
+void k_axpy(float *y, float a, const float *x, size_t n) { ew_ctx c = {3, y, x, NULL, a}; par_range(n, 1, 64, ew_range, &c); }
+
+/* y[r, c] += b[c] with b widened once (C floats). */
 void k_add_bias(float *y, const tensor *b, int rows, int C) {
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < C; c++) y[(int64_t)r * C + c] += tensor_get_f32(b, c);
+    float stackb[1024], *bf = C <= 1024 ? stackb : sd3_malloc(sizeof(float) * (size_t)C);
+    SD3_ASSERT(bf);
+    tensor_to_f32(b, 0, C, bf);
+    for (int r = 0; r < rows; r++) {
+        float *yr = y + (int64_t)r * C;
+        for (int c = 0; c < C; c++) yr[c] += bf[c];
+    }
+    if (bf != stackb) sd3_free(bf);
 }
-
-static int g_prec = 0, g_isa_cap = K_ISA_ANY;
-int k_set_precision(int bf16) { int o = g_prec; g_prec = bf16 ? 1 : 0; return o; }
-int k_get_precision(void) { return g_prec; }
-int k_set_isa_cap(int level) { int o = g_isa_cap; g_isa_cap = level; return o; }
-const char *k_attention_variant(void) { return "ref"; }
-const char *k_conv2d_variant(void) { return "ref"; }

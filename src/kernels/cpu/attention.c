@@ -1,0 +1,85 @@
+/* attention.c — flash-style attention driver and its portable tile: tasks are (batch, head, tile of
+ * KC_ATTN_BQ queries) spread over the pool; each task walks the keys in tiles of KC_ATTN_BK with an online
+ * softmax (running max m, running sum l, output rescaled by exp(m_old - m_new)), so no Tq x Tk matrix
+ * is ever stored. Scores are scale·q·k + bias; with `causal`, key j > query i is skipped. */
+#include <math.h>
+#include <string.h>
+#include "kernels/cpu/kcpu.h"
+
+size_t kc_attn_scratch_floats(const attn_params *p) {
+    size_t Dp = (size_t)(p->D + 15) / 16 * 16;
+    /* Kt [Dp][BK] + S [BQ][BK] + O [BQ][Dp] + m, l, alpha [BQ] */
+    return Dp * KC_ATTN_BK + (size_t)KC_ATTN_BQ * KC_ATTN_BK + (size_t)KC_ATTN_BQ * Dp + 3 * KC_ATTN_BQ + 64;
+}
+
+/* Portable tile: one query row at a time, keys in tiles of BK, online softmax. */
+void kc_attn_tile_portable(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h,
+                           int i0, int i1, float *scratch) {
+    int D = p->D;
+    float *s = scratch, *acc = scratch + KC_ATTN_BK;
+    for (int i = i0; i < i1; i++) {
+        const float *qi = q + b * p->q_bstride + (int64_t)i * p->q_ld + (int64_t)h * D;
+        int nk = p->causal ? (i + 1 < p->Tk ? i + 1 : p->Tk) : p->Tk;
+        float m = -INFINITY, l = 0.0f;
+        for (int d = 0; d < D; d++) acc[d] = 0.0f;
+        for (int j0 = 0; j0 < nk; j0 += KC_ATTN_BK) {
+            int j1 = j0 + KC_ATTN_BK < nk ? j0 + KC_ATTN_BK : nk;
+            float mx = -INFINITY;
+            for (int j = j0; j < j1; j++) {
+                const float *kj = k + b * p->k_bstride + (int64_t)j * p->k_ld + (int64_t)h * D;
+                float a = 0.0f;
+                for (int d = 0; d < D; d++) a += qi[d] * kj[d];
+                a *= p->scale;
+                if (p->bias) a += p->bias[((int64_t)h * p->Tq + i) * p->Tk + j];
+                s[j - j0] = a;
+                if (a > mx) mx = a;
+            }
+            float mn = mx > m ? mx : m;
+            float mu = mn == -INFINITY ? 0.0f : mn;       /* all masked so far: keep weights 0, not NaN */
+            float alpha = expf(m - mu);
+            l *= alpha;
+            for (int d = 0; d < D; d++) acc[d] *= alpha;
+            for (int j = j0; j < j1; j++) {
+                float pj = expf(s[j - j0] - mu);
+                l += pj;
+                const float *vj = v + b * p->v_bstride + (int64_t)j * p->v_ld + (int64_t)h * D;
+                for (int d = 0; d < D; d++) acc[d] += pj * vj[d];
+            }
+            m = mn;
+        }
+        float *oi = o + b * p->o_bstride + (int64_t)i * p->o_ld + (int64_t)h * D;
+        for (int d = 0; d < D; d++) oi[d] = acc[d] / l;
+    }
+}
+
+typedef struct attn_job {
+    const kc_isa *isa;
+    float *o;
+    const float *q, *k, *v;
+    const attn_params *p;
+    int nqt;
+    float *scratch;
+    size_t per;
+} attn_job;
+
+static void attn_task(void *arg, int t, int thread) {
+    attn_job *j = arg;
+    const attn_params *p = j->p;
+    int qt = t % j->nqt, bh = t / j->nqt, h = bh % p->H, b = bh / p->H;
+    int i0 = qt * KC_ATTN_BQ, i1 = i0 + KC_ATTN_BQ < p->Tq ? i0 + KC_ATTN_BQ : p->Tq;
+    float *scr = j->scratch + j->per * (size_t)thread;
+    if (j->isa->attn_tile) j->isa->attn_tile(j->o, j->q, j->k, j->v, p, b, h, i0, i1, scr);
+    else kc_attn_tile_portable(j->o, j->q, j->k, j->v, p, b, h, i0, i1, scr);
+}
+
+void kc_attention(const kc_isa *isa, float *o, const float *q, const float *k, const float *v, const attn_params *p) {
+    if (p->B <= 0 || p->H <= 0 || p->Tq <= 0 || p->D <= 0) return;
+    attn_job j = {.isa = isa, .o = o, .q = q, .k = k, .v = v, .p = p};
+    j.nqt = (p->Tq + KC_ATTN_BQ - 1) / KC_ATTN_BQ;
+    j.per = (kc_attn_scratch_floats(p) + 15) / 16 * 16;
+    int nt = pool_threads();
+    j.scratch = sd3_malloc(sizeof(float) * j.per * (size_t)nt);
+    SD3_ASSERT(j.scratch);
+    pool_run(p->B * p->H * j.nqt, attn_task, &j);
+    sd3_free(j.scratch);
+}

@@ -1,0 +1,312 @@
+/* gemm.c — the blocked, threaded GEMM driver shared by linear, matmul and conv2d, its packers, and the
+ * portable (plain C) microkernel.
+ *
+ * C[M,N] = A[M,K] · B[N,K]^T. Goto/BLIS-style blocking: per task a block of NC columns of B and MC rows
+ * of A; per KC slice of K the B block is packed (converted to F32 from its stored dtype, NR-column slivers,
+ * [kc][NR] each: it stays in L2) and each MR-row sliver of A is packed ([kc][MR]: it stays in L1), then the
+ * microkernel runs over the B slivers. Weights are therefore only ever converted one NC x KC tile at a time.
+ * Tasks are (column block, row block) pairs spread over the pool; blocks shrink until there are at least
+ * two tasks per thread, so even a short M keeps both cores busy. */
+#include <math.h>
+#include <string.h>
+#include "kernels/cpu/kcpu.h"
+
+#define KC_BLOCK 256
+#define NC_BLOCK 256
+
+/* ---- packers ---------------------------------------------------------------------------------- */
+
+/* Widen n elements of t from off to F32, portable. */
+static void cvt_row_portable(const tensor *t, int64_t off, int n, float *dst) {
+    switch (t->dt) {
+    case DT_F32: memcpy(dst, (const float *)t->data + off, sizeof(float) * (size_t)n); break;
+    case DT_F16: fp16_to_f32_row((const uint16_t *)t->data + off, dst, (size_t)n); break;
+    case DT_BF16: bf16_to_f32_row((const uint16_t *)t->data + off, dst, (size_t)n); break;
+    default: tensor_to_f32(t, off, n, dst); break;
+    }
+}
+
+/* Pack rows idx0..idx0+cnt-1, columns k0..k0+kc-1 of a row-major [rows, K] matrix, transposed into
+ * dst[k*R + i]. Rows are widened to F32 a KC-long piece at a time. */
+void kc_pack_rows(const void *vctx, const kc_isa *isa, int idx0, int cnt, int k0, int kc, int R, float *dst) {
+    const kc_rows *c = vctx;
+    float tmp[KC_BLOCK];
+    for (int i = 0; i < cnt; i++) {
+        const float *src;
+        if (c->f32) src = c->f32 + (int64_t)(idx0 + i) * c->ld + k0;
+        else if (c->t->dt == DT_F32) src = (const float *)c->t->data + (int64_t)(idx0 + i) * c->ld + k0;
+        else { isa->cvt_row(c->t, (int64_t)(idx0 + i) * c->ld + k0, kc, tmp); src = tmp; }
+        for (int k = 0; k < kc; k++) dst[(int64_t)k * R + i] = src[k];
+    }
+    for (int i = cnt; i < R; i++)
+        for (int k = 0; k < kc; k++) dst[(int64_t)k * R + i] = 0.0f;
+}
+
+/* Pack columns idx0..idx0+cnt-1 of a row-major [K, cols] F32 matrix: dst[k*R + j] = p[(k0+k)*ld + idx0+j]. */
+void kc_pack_cols(const void *vctx, const kc_isa *isa, int idx0, int cnt, int k0, int kc, int R, float *dst) {
+    (void)isa;
+    const kc_cols *c = vctx;
+    for (int k = 0; k < kc; k++) {
+        const float *src = c->p + (int64_t)(k0 + k) * c->ld + idx0;
+        float *d = dst + (int64_t)k * R;
+        memcpy(d, src, sizeof(float) * (size_t)cnt);
+        for (int j = cnt; j < R; j++) d[j] = 0.0f;
+    }
+}
+
+/* ---- portable microkernel (4 x 16; the compiler may vectorise the j loops) --------------------- */
+
+#define P_MR 4
+#define P_NR 16
+
+/* See kc_ukr_fn. */
+static void ukr_portable(int kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int mr, int nr, int accum,
+                         const float *bias_n, const float *bias_m) {
+    float acc[P_MR][P_NR];
+    memset(acc, 0, sizeof acc);
+    for (int k = 0; k < kc; k++) {
+        const float *a = Ap + k * P_MR, *b = Bp + k * P_NR;
+        for (int i = 0; i < P_MR; i++)
+            for (int j = 0; j < P_NR; j++) acc[i][j] += a[i] * b[j];
+    }
+    for (int i = 0; i < mr; i++) {
+        float *c = C + i * ldc;
+        if (accum)
+            for (int j = 0; j < nr; j++) c[j] += acc[i][j];
+        else
+            for (int j = 0; j < nr; j++)
+                c[j] = acc[i][j] + (bias_n ? bias_n[j] : 0.0f) + (bias_m ? bias_m[i] : 0.0f);
+    }
+}
+
+/* Portable small-M linear: plain dot products, W widened a piece at a time. */
+static void gemv_portable(float *y, const float *x, const tensor *W, const float *bias, int M, int N, int K, int n0, int n1) {
+    float tmp[KC_BLOCK];
+    for (int n = n0; n < n1; n++) {
+        float acc[4] = {0, 0, 0, 0};
+        for (int k0 = 0; k0 < K; k0 += KC_BLOCK) {
+            int kc = K - k0 < KC_BLOCK ? K - k0 : KC_BLOCK;
+            cvt_row_portable(W, (int64_t)n * K + k0, kc, tmp);
+            for (int m = 0; m < M; m++) {
+                const float *xm = x + (int64_t)m * K + k0;
+                float s = 0.0f;
+                for (int k = 0; k < kc; k++) s += xm[k] * tmp[k];
+                acc[m] += s;
+            }
+        }
+        for (int m = 0; m < M; m++) y[(int64_t)m * N + n] = acc[m] + (bias ? bias[n] : 0.0f);
+    }
+}
+
+static const kc_isa g_portable = {
+    .name = "portable", .MR = P_MR, .NR = P_NR, .ukr = ukr_portable, .ukr_bf16 = NULL, .cvt_row = cvt_row_portable,
+    .gemv = gemv_portable, .attn_tile = NULL, .act = NULL,
+};
+const kc_isa *kc_isa_portable(void) { return &g_portable; }
+
+/* ---- the driver -------------------------------------------------------------------------------- */
+
+typedef struct gemm_job {
+    const kc_isa *isa;
+    const kc_gemm *g;
+    int NC, MC, n_nblk, n_mblk, KCb;
+    float *scratch;               /* per thread: B block then A sliver (F32), then bf16 copies */
+    size_t scratch_per_thread;    /* floats */
+} gemm_job;
+
+/* Convert a packed F32 sliver [kc][R] into bf16 pairs [ceil(kc/2)][R] (round to nearest even; an odd
+ * last k is paired with zero). */
+static void to_bf16_pairs(const float *src, int kc, int R, uint32_t *dst) {
+    for (int t = 0; t < (kc + 1) / 2; t++)
+        for (int i = 0; i < R; i++) {
+            uint32_t lo = f32_to_bf16(src[(int64_t)2 * t * R + i]);
+            uint32_t hi = 2 * t + 1 < kc ? f32_to_bf16(src[(int64_t)(2 * t + 1) * R + i]) : 0;
+            dst[(int64_t)t * R + i] = lo | hi << 16;
+        }
+}
+
+/* One task: column block nb x row block mb, all of K. */
+static void gemm_task(void *arg, int task, int thread) {
+    gemm_job *j = arg;
+    const kc_gemm *g = j->g;
+    const kc_isa *isa = j->isa;
+    int MR = isa->MR, NR = isa->NR;
+    int nb = task % j->n_nblk, mb = task / j->n_nblk;
+    int n0 = nb * j->NC, n1 = n0 + j->NC < g->N ? n0 + j->NC : g->N;
+    int m0 = mb * j->MC, m1 = m0 + j->MC < g->M ? m0 + j->MC : g->M;
+    float *Bp = j->scratch + j->scratch_per_thread * (size_t)thread;
+    float *Ap = Bp + (size_t)j->NC * j->KCb;
+    uint32_t *Bh = (uint32_t *)(Ap + (size_t)MR * j->KCb);
+    uint32_t *Ah = Bh + (size_t)j->NC * j->KCb / 2;
+    int bf16 = g->bf16 && isa->ukr_bf16;
+
+    if (g->K == 0) { /* no products: C = bias */
+        for (int m = m0; m < m1; m++)
+            for (int n = n0; n < n1; n++)
+                g->C[(int64_t)m * g->ldc + n] = (g->bias_n ? g->bias_n[n] : 0.0f) + (g->bias_m ? g->bias_m[m] : 0.0f);
+        return;
+    }
+    for (int k0 = 0; k0 < g->K; k0 += j->KCb) {
+        int kc = g->K - k0 < j->KCb ? g->K - k0 : j->KCb;
+        int nsl = (n1 - n0 + NR - 1) / NR;
+        for (int s = 0; s < nsl; s++) {
+            int ns = n0 + s * NR, nr = n1 - ns < NR ? n1 - ns : NR;
+            float *dst = Bp + (size_t)s * NR * kc;
+            g->pack_b(g->bctx, isa, ns, nr, k0, kc, NR, dst);
+            if (bf16) to_bf16_pairs(dst, kc, NR, Bh + (size_t)s * NR * ((kc + 1) / 2));
+        }
+        for (int m = m0; m < m1; m += MR) {
+            int mr = m1 - m < MR ? m1 - m : MR;
+            g->pack_a(g->actx, isa, m, mr, k0, kc, MR, Ap);
+            if (bf16) to_bf16_pairs(Ap, kc, MR, Ah);
+            for (int s = 0; s < nsl; s++) {
+                int ns = n0 + s * NR, nr = n1 - ns < NR ? n1 - ns : NR;
+                float *C = g->C + (int64_t)m * g->ldc + ns;
+                const float *bn = g->bias_n ? g->bias_n + ns : NULL, *bm = g->bias_m ? g->bias_m + m : NULL;
+                if (bf16)
+                    isa->ukr_bf16((kc + 1) / 2, Ah, Bh + (size_t)s * NR * ((kc + 1) / 2), C, g->ldc, mr, nr, k0 > 0, bn, bm);
+                else
+                    isa->ukr(kc, Ap, Bp + (size_t)s * NR * kc, C, g->ldc, mr, nr, k0 > 0, bn, bm);
+            }
+        }
+    }
+}
+
+void kc_gemm_run(const kc_isa *isa, const kc_gemm *g) {
+    if (g->M <= 0 || g->N <= 0) return;
+    int nt = pool_threads();
+    int MR = isa->MR, NR = isa->NR;
+    gemm_job j = {.isa = isa, .g = g, .KCb = KC_BLOCK};
+    /* column blocks: NC_BLOCK, shrunk (in NR steps) until there are >= 2 tasks per thread */
+    int NC = NC_BLOCK;
+    while (NC > NR && (g->N + NC - 1) / NC < 2 * nt) NC -= NR;
+    j.NC = NC;
+    j.n_nblk = (g->N + NC - 1) / NC;
+    /* row blocks: all of M unless more tasks are needed */
+    int want_m = (2 * nt + j.n_nblk - 1) / j.n_nblk;
+    int MC = (g->M + want_m - 1) / want_m;
+    MC = (MC + MR - 1) / MR * MR;
+    if (MC < MR) MC = MR;
+    j.MC = MC;
+    j.n_mblk = (g->M + MC - 1) / MC;
+    int ntask = j.n_nblk * j.n_mblk;
+    int nthr = nt < ntask ? nt : ntask;
+    /* scratch per thread: B block + A sliver in F32, the same again as bf16 pairs (half the words) */
+    size_t per = (size_t)NC * j.KCb + (size_t)MR * j.KCb;
+    per += per / 2 + 64;
+    per = (per + 15) / 16 * 16;
+    j.scratch_per_thread = per;
+    j.scratch = sd3_malloc(sizeof(float) * per * (size_t)(nthr < 1 ? 1 : nt));
+    SD3_ASSERT(j.scratch);
+    pool_run(ntask, gemm_task, &j);
+    sd3_free(j.scratch);
+}
+
+/* ---- front ends -------------------------------------------------------------------------------- */
+
+/* Bias (any dtype) widened to F32 once per call (N floats, not a weight matrix). */
+static float *bias_f32(const kc_isa *isa, const tensor *b, int n) {
+    if (!b) return NULL;
+    float *p = sd3_malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    SD3_ASSERT(p);
+    isa->cvt_row(b, 0, n, p);
+    return p;
+}
+
+typedef struct gemv_job { const kc_isa *isa; float *y; const float *x; const tensor *W; const float *bias; int M, N, K, chunk; } gemv_job;
+
+static void gemv_task(void *arg, int t, int thread) {
+    (void)thread;
+    gemv_job *j = arg;
+    int n0 = t * j->chunk, n1 = n0 + j->chunk < j->N ? n0 + j->chunk : j->N;
+    if (n0 < n1) j->isa->gemv(j->y, j->x, j->W, j->bias, j->M, j->N, j->K, n0, n1);
+}
+
+void kc_linear(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K) {
+    if (M <= 0 || N <= 0) return;
+    float *bias = bias_f32(isa, b, N);
+    if (M <= 4) { /* memory-bound: stream W once, split N over the pool */
+        int nt = pool_threads(), ntask = 8 * nt;
+        int chunk = (N + ntask - 1) / ntask;
+        if (chunk < 16) chunk = 16;
+        gemv_job j = {isa, y, x, W, bias, M, N, K, chunk};
+        pool_run((N + chunk - 1) / chunk, gemv_task, &j);
+    } else {
+        kc_rows a = {.t = NULL, .f32 = x, .ld = K}, w = {.t = W, .f32 = NULL, .ld = K};
+        kc_gemm g = {.M = M, .N = N, .K = K, .pack_a = kc_pack_rows, .actx = &a, .pack_b = kc_pack_rows, .bctx = &w,
+                     .C = y, .ldc = N, .bias_n = bias, .bias_m = NULL, .bf16 = bf16};
+        kc_gemm_run(isa, &g);
+    }
+    sd3_free(bias);
+}
+
+void kc_matmul(const kc_isa *isa, int bf16, float *C, const float *A, const float *B, int batch, int M, int N, int K, int transB) {
+    for (int bi = 0; bi < batch; bi++) {
+        const float *a = A + (int64_t)bi * M * K, *bb = B + (int64_t)bi * K * N;
+        kc_rows ar = {.f32 = a, .ld = K}, br = {.f32 = bb, .ld = K};
+        kc_cols bc = {.p = bb, .ld = N};
+        kc_gemm g = {.M = M, .N = N, .K = K, .pack_a = kc_pack_rows, .actx = &ar,
+                     .pack_b = transB ? kc_pack_rows : kc_pack_cols, .bctx = transB ? (const void *)&br : (const void *)&bc,
+                     .C = C + (int64_t)bi * M * N, .ldc = N, .bf16 = bf16};
+        kc_gemm_run(isa, &g);
+    }
+}
+
+/* ---- conv2d as an implicit GEMM: M = Cout (weights), N = output pixels, K = Cin*kh*kw ---------- */
+
+typedef struct conv_b { const float *x; const conv2d_params *p; int Ho, Wo; } conv_b;
+
+/* Pack output pixels idx0.. (cnt of them) x reduction indices k0..: dst[k*R + j] = the input value under
+ * tap (ci, i, jj) of pixel idx0 + j, zero in the padding. Runs of pixels along an output row are filled
+ * row segment by row segment (contiguous for stride 1). */
+static void pack_conv_b(const void *vctx, const kc_isa *isa, int idx0, int cnt, int k0, int kc, int R, float *dst) {
+    (void)isa;
+    const conv_b *c = vctx;
+    const conv2d_params *p = c->p;
+    int khw = p->kh * p->kw;
+    for (int k = 0; k < kc; k++) {
+        int kk = k0 + k, ci = kk / khw, r = kk % khw, ki = r / p->kw, kj = r % p->kw;
+        const float *xc = c->x + (int64_t)ci * p->H * p->W;
+        float *d = dst + (int64_t)k * R;
+        int j = 0;
+        while (j < cnt) {
+            int pix = idx0 + j, oh = pix / c->Wo, ow = pix % c->Wo;
+            int run = c->Wo - ow;
+            if (run > cnt - j) run = cnt - j;
+            int ih = oh * p->stride + ki - p->pad_t;
+            if (ih < 0 || ih >= p->H) {
+                for (int t = 0; t < run; t++) d[j + t] = 0.0f;
+            } else {
+                const float *xr = xc + (int64_t)ih * p->W;
+                int iw = ow * p->stride + kj - p->pad_l;
+                if (p->stride == 1 && iw >= 0 && iw + run <= p->W) {
+                    memcpy(d + j, xr + iw, sizeof(float) * (size_t)run);
+                } else {
+                    for (int t = 0; t < run; t++, iw += p->stride) d[j + t] = (iw >= 0 && iw < p->W) ? xr[iw] : 0.0f;
+                }
+            }
+            j += run;
+        }
+        for (j = cnt; j < R; j++) d[j] = 0.0f;
+    }
+}
+
+void kc_conv2d(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *w, const tensor *b, const conv2d_params *p) {
+    int Ho, Wo;
+    conv2d_out_size(p, &Ho, &Wo);
+    if (Ho <= 0 || Wo <= 0 || p->Cout <= 0) return;
+    int K = p->Cin * p->kh * p->kw;
+    float *bias = bias_f32(isa, b, p->Cout);
+    kc_rows a = {.t = w, .f32 = NULL, .ld = K};
+    int plain = p->kh == 1 && p->kw == 1 && p->stride == 1 && !p->pad_t && !p->pad_b && !p->pad_l && !p->pad_r;
+    for (int n = 0; n < p->N; n++) {
+        const float *xn = x + (int64_t)n * p->Cin * p->H * p->W;
+        conv_b cb = {.x = xn, .p = p, .Ho = Ho, .Wo = Wo};
+        kc_cols cc = {.p = xn, .ld = (int64_t)p->H * p->W};  /* 1x1: x is already [Cin, HW] = [K, N] */
+        kc_gemm g = {.M = p->Cout, .N = Ho * Wo, .K = K, .pack_a = kc_pack_rows, .actx = &a,
+                     .pack_b = plain ? kc_pack_cols : pack_conv_b, .bctx = plain ? (const void *)&cc : (const void *)&cb,
+                     .C = y + (int64_t)n * p->Cout * Ho * Wo, .ldc = (int64_t)Ho * Wo, .bias_n = NULL, .bias_m = bias, .bf16 = bf16};
+        kc_gemm_run(isa, &g);
+    }
+    sd3_free(bias);
+}

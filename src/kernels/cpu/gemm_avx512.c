@@ -1,0 +1,177 @@
+/* gemm_avx512.c — AVX-512 GEMM microkernels (F32 FMA 12x32 and AVX512_BF16 dot product 12x32), F16/BF16
+ * row widening and the small-M linear. Compiled with -mavx512f/bw/vl/dq/bf16 (Makefile: "_avx512" files);
+ * only reached after cpu_get() confirmed the features. */
+#include <string.h>
+#include "kernels/cpu/kcpu.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+
+#define X_MR 12
+#define X_NR 32
+
+/* Lane masks for the two 16-wide halves of an nr-wide (nr <= 32) column sliver. */
+static inline void nr_masks(int nr, __mmask16 *m0, __mmask16 *m1) {
+    *m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+    *m1 = nr >= 32 ? (__mmask16)0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+}
+
+/* Store (or accumulate) the 12x32 accumulator block into C, rows < mr, columns < nr, with biases. */
+static inline __attribute__((always_inline)) void store_block(__m512 *c0, __m512 *c1, float *C, int64_t ldc, int mr, int nr,
+                                                              int accum, const float *bias_n, const float *bias_m) {
+    __mmask16 k0, k1;
+    nr_masks(nr, &k0, &k1);
+    __m512 bn0 = _mm512_setzero_ps(), bn1 = _mm512_setzero_ps();
+    if (!accum && bias_n) { bn0 = _mm512_maskz_loadu_ps(k0, bias_n); bn1 = _mm512_maskz_loadu_ps(k1, bias_n + 16); }
+#pragma GCC unroll 12
+    for (int i = 0; i < X_MR; i++) {
+        if (i >= mr) break;
+        float *c = C + i * ldc;
+        __m512 v0 = c0[i], v1 = c1[i];
+        if (accum) {
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, c));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, c + 16));
+        } else {
+            v0 = _mm512_add_ps(v0, bn0);
+            v1 = _mm512_add_ps(v1, bn1);
+            if (bias_m) {
+                __m512 bm = _mm512_set1_ps(bias_m[i]);
+                v0 = _mm512_add_ps(v0, bm);
+                v1 = _mm512_add_ps(v1, bm);
+            }
+        }
+        _mm512_mask_storeu_ps(c, k0, v0);
+        _mm512_mask_storeu_ps(c + 16, k1, v1);
+    }
+}
+
+/* F32 microkernel: 12 rows x 32 columns, 24 zmm accumulators, one broadcast + two FMAs per row and k. */
+static void ukr_f32(int kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int mr, int nr, int accum,
+                    const float *bias_n, const float *bias_m) {
+    __m512 c0[X_MR], c1[X_MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < X_MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+    for (int k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(Bp), b1 = _mm512_load_ps(Bp + 16);
+        _mm_prefetch((const char *)(Bp + 8 * X_NR), _MM_HINT_T0);
+#pragma GCC unroll 12
+        for (int i = 0; i < X_MR; i++) {
+            __m512 a = _mm512_set1_ps(Ap[i]);
+            c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+        }
+        Ap += X_MR;
+        Bp += X_NR;
+    }
+    store_block(c0, c1, C, ldc, mr, nr, accum, bias_n, bias_m);
+}
+
+/* bf16 microkernel: the same block with vdpbf16ps, two k per instruction (pairs packed by the driver). */
+static void ukr_bf16(int kc2, const uint32_t *Ap, const uint32_t *Bp, float *C, int64_t ldc, int mr, int nr, int accum,
+                     const float *bias_n, const float *bias_m) {
+    __m512 c0[X_MR], c1[X_MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < X_MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+    for (int t = 0; t < kc2; t++) {
+        __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)Bp), b1 = (__m512bh)_mm512_load_si512((const void *)(Bp + 16));
+#pragma GCC unroll 12
+        for (int i = 0; i < X_MR; i++) {
+            __m512bh a = (__m512bh)_mm512_set1_epi32((int)Ap[i]);
+            c0[i] = _mm512_dpbf16_ps(c0[i], a, b0);
+            c1[i] = _mm512_dpbf16_ps(c1[i], a, b1);
+        }
+        Ap += X_MR;
+        Bp += X_NR;
+    }
+    store_block(c0, c1, C, ldc, mr, nr, accum, bias_n, bias_m);
+}
+
+/* Widen n elements of t from off to F32 (vcvtph2ps for F16, a 16-bit shift for BF16). */
+static void cvt_row_avx512(const tensor *t, int64_t off, int n, float *dst) {
+    int i = 0;
+    if (t->dt == DT_F32) {
+        memcpy(dst, (const float *)t->data + off, sizeof(float) * (size_t)n);
+    } else if (t->dt == DT_F16) {
+        const uint16_t *s = (const uint16_t *)t->data + off;
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + i))));
+        if (i < n) {
+            __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+            _mm512_mask_storeu_ps(dst + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + i)));
+        }
+    } else if (t->dt == DT_BF16) {
+        const uint16_t *s = (const uint16_t *)t->data + off;
+        for (; i + 16 <= n; i += 16) {
+            __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + i)));
+            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+        }
+        if (i < n) {
+            __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+            __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, s + i));
+            _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+        }
+    } else {
+        tensor_to_f32(t, off, n, dst);
+    }
+}
+
+/* 16 weights at element off (masked by m) widened to F32. */
+static inline __m512 load_w16(const tensor *W, int64_t off, __mmask16 m) {
+    if (W->dt == DT_F32) return _mm512_maskz_loadu_ps(m, (const float *)W->data + off);
+    const uint16_t *s = (const uint16_t *)W->data + off;
+    __m256i h = _mm256_maskz_loadu_epi16(m, s);
+    if (W->dt == DT_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+/* Small-M linear (M <= 4): y[m, n] = x[m] . W[n] + b[n] for n in [n0, n1); W streamed once, two rows of W
+ * at a time so that 2*M independent FMA chains hide the latency. */
+static void gemv_avx512(float *y, const float *x, const tensor *W, const float *bias, int M, int N, int K, int n0, int n1) {
+    if (W->dt != DT_F32 && W->dt != DT_F16 && W->dt != DT_BF16) {
+        kc_isa_portable()->gemv(y, x, W, bias, M, N, K, n0, n1);
+        return;
+    }
+    int n = n0;
+    for (; n + 2 <= n1; n += 2) {
+        __m512 a0[4], a1[4];
+        for (int m = 0; m < 4; m++) a0[m] = a1[m] = _mm512_setzero_ps();
+        for (int k = 0; k < K; k += 16) {
+            __mmask16 mk = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+            __m512 w0 = load_w16(W, (int64_t)n * K + k, mk), w1 = load_w16(W, (int64_t)(n + 1) * K + k, mk);
+            for (int m = 0; m < M; m++) {
+                __m512 xv = _mm512_maskz_loadu_ps(mk, x + (int64_t)m * K + k);
+                a0[m] = _mm512_fmadd_ps(xv, w0, a0[m]);
+                a1[m] = _mm512_fmadd_ps(xv, w1, a1[m]);
+            }
+        }
+        for (int m = 0; m < M; m++) {
+            y[(int64_t)m * N + n] = hsum(a0[m]) + (bias ? bias[n] : 0.0f);
+            y[(int64_t)m * N + n + 1] = hsum(a1[m]) + (bias ? bias[n + 1] : 0.0f);
+        }
+    }
+    for (; n < n1; n++) {
+        __m512 a0[4];
+        for (int m = 0; m < 4; m++) a0[m] = _mm512_setzero_ps();
+        for (int k = 0; k < K; k += 16) {
+            __mmask16 mk = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+            __m512 w0 = load_w16(W, (int64_t)n * K + k, mk);
+            for (int m = 0; m < M; m++) a0[m] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, x + (int64_t)m * K + k), w0, a0[m]);
+        }
+        for (int m = 0; m < M; m++) y[(int64_t)m * N + n] = hsum(a0[m]) + (bias ? bias[n] : 0.0f);
+    }
+}
+
+void kc_attn_tile_avx512(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h, int i0,
+                         int i1, float *scratch);
+void kc_act_avx512(int kind, float *y, const float *x, size_t n);
+
+static const kc_isa g_avx512 = {
+    .name = "avx512", .MR = X_MR, .NR = X_NR, .ukr = ukr_f32, .ukr_bf16 = ukr_bf16, .cvt_row = cvt_row_avx512,
+    .gemv = gemv_avx512, .attn_tile = kc_attn_tile_avx512, .act = kc_act_avx512,
+};
+const kc_isa *kc_isa_avx512(void) { return &g_avx512; }
+
+#else
+const kc_isa *kc_isa_avx512(void) { return NULL; }
+#endif

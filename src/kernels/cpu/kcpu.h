@@ -1,0 +1,81 @@
+/* kcpu.h — internal interface of the fast CPU kernels (not for model code): one table of function pointers
+ * per instruction-set level (portable C, AVX2+FMA, AVX-512), and the shared blocked GEMM driver that
+ * linear, matmul and conv2d are built on. */
+#ifndef SD3_KCPU_H
+#define SD3_KCPU_H
+
+#include "kernels/kernels.h"
+
+/* ---- GEMM microkernel contract ----------------------------------------------------------------
+ * C[mr, nr] (row stride ldc) = (accum ? C : bias) + Ap · Bp, where Ap is a packed MR-row sliver
+ * ([kc][MR] floats, rows >= mr zero) and Bp a packed NR-column sliver ([kc][NR] floats, columns >= nr
+ * zero). Only rows < mr and columns < nr of C are touched. On a non-accumulating call the bias is
+ * bias_n[j] (per column, may be NULL) plus bias_m[i] (per row, may be NULL). The bf16 variant takes the
+ * same slivers converted to bf16 pairs: Ap [kc2][MR] and Bp [kc2][NR] uint32, each holding the bf16 of
+ * k = 2t (low half) and k = 2t + 1 (high half). */
+typedef void (*kc_ukr_fn)(int kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int mr, int nr, int accum,
+                          const float *bias_n, const float *bias_m);
+typedef void (*kc_ukr_bf16_fn)(int kc2, const uint32_t *Ap, const uint32_t *Bp, float *C, int64_t ldc, int mr, int nr,
+                               int accum, const float *bias_n, const float *bias_m);
+
+typedef struct kc_isa {
+    const char *name;
+    int MR, NR;
+    kc_ukr_fn ukr;
+    kc_ukr_bf16_fn ukr_bf16;        /* NULL where the CPU has no bf16 dot product */
+    /* n elements of a float tensor (F32/F16/BF16) from element off, widened to F32 */
+    void (*cvt_row)(const tensor *t, int64_t off, int n, float *dst);
+    /* small-M linear: y[m, n] for n in [n0, n1), all m < M (M <= 4), W rows read and widened directly */
+    void (*gemv)(float *y, const float *x, const tensor *W, const float *bias, int M, int N, int K, int n0, int n1);
+    /* flash attention for one (batch, head, query tile); NULL = use the portable one */
+    void (*attn_tile)(float *o, const float *q, const float *k, const float *v, const struct attn_params *p, int b, int h,
+                      int i0, int i1, float *scratch);
+    /* vector row helpers for norms/activations (NULL = portable) */
+    void (*act)(int kind, float *y, const float *x, size_t n);
+} kc_isa;
+
+const kc_isa *kc_isa_portable(void);
+const kc_isa *kc_isa_avx2(void);     /* NULL when not compiled in */
+const kc_isa *kc_isa_avx512(void);   /* NULL when not compiled in */
+
+/* ---- the blocked GEMM driver --------------------------------------------------------------------
+ * A packer fills dst[k*R + i] for i < cnt (rows/columns idx0 + i, k0 + k), zeroing i in [cnt, R). */
+typedef void (*kc_pack_fn)(const void *ctx, const kc_isa *isa, int idx0, int cnt, int k0, int kc, int R, float *dst);
+
+typedef struct kc_gemm {
+    int M, N, K;
+    kc_pack_fn pack_a; const void *actx;   /* A: M x K */
+    kc_pack_fn pack_b; const void *bctx;   /* B: N x K (i.e. C = A · B^T) */
+    float *C; int64_t ldc;
+    const float *bias_n, *bias_m;
+    int bf16;                              /* use the bf16 microkernel */
+} kc_gemm;
+
+/* Run one GEMM over the thread pool (or serially when called from inside a pool task). */
+void kc_gemm_run(const kc_isa *isa, const kc_gemm *g);
+
+/* Packer for a row-major [rows, K] matrix of any float dtype (x or W of a linear, conv weights). */
+typedef struct kc_rows { const tensor *t; const float *f32; int64_t ld; } kc_rows;
+void kc_pack_rows(const void *ctx, const kc_isa *isa, int idx0, int cnt, int k0, int kc, int R, float *dst);
+/* Packer for a row-major [K, cols] F32 matrix read by columns (B of a plain matmul, 1x1 conv input). */
+typedef struct kc_cols { const float *p; int64_t ld; } kc_cols;
+void kc_pack_cols(const void *ctx, const kc_isa *isa, int idx0, int cnt, int k0, int kc, int R, float *dst);
+
+/* Front ends used by dispatch.c. */
+void kc_linear(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);
+void kc_matmul(const kc_isa *isa, int bf16, float *C, const float *A, const float *B, int batch, int M, int N, int K, int transB);
+void kc_conv2d(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *w, const tensor *b, const conv2d_params *p);
+void kc_attention(const kc_isa *isa, float *o, const float *q, const float *k, const float *v, const attn_params *p);
+
+/* Portable flash-attention tile (used when the ISA has none). */
+void kc_attn_tile_portable(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h,
+                           int i0, int i1, float *scratch);
+/* Floats of scratch one attention tile needs. */
+size_t kc_attn_scratch_floats(const attn_params *p);
+#define KC_ATTN_BQ 64   /* queries per task */
+#define KC_ATTN_BK 64   /* keys per inner tile */
+
+/* Activation kinds for kc_isa.act. */
+enum { KC_ACT_GELU_ERF, KC_ACT_GELU_TANH, KC_ACT_QUICK_GELU, KC_ACT_SILU, KC_ACT_EXP };
+
+#endif /* SD3_KCPU_H */
