@@ -132,6 +132,7 @@ sd3_status flow_set_timesteps(flow_sched *s, int n_steps, const flow_timesteps_o
     const float *custom = opts ? opts->sigmas : NULL;
     int has_mu = opts && opts->has_mu;
     double mu = has_mu ? opts->mu : 0.0;
+    if (!s->train_sigmas) return sd3_errf(err, SD3_ERR_INVALID_ARG, "scheduler: not created (flow_create failed?)");
     if (n_steps < 1 || n_steps > FLOW_MAX_STEPS)
         return sd3_errf(err, SD3_ERR_INVALID_ARG, "scheduler: number of steps %d out of range [1, %d]", n_steps,
                         FLOW_MAX_STEPS);

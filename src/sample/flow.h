@@ -23,7 +23,9 @@
  *    sigma_max = s[0], sigma_min = s[N-1] kept as doubles. These tables (train_timesteps/train_sigmas)
  *    stay untouched by set_timesteps: training maps u -> index -> timestep/sigma through them.
  *  - set_timesteps(n): numpy linspace(sigma_max*N, sigma_min*N, n) and the shift in DOUBLE, then sigmas =
- *    (float) s, timesteps = sigmas * N in float32, a trailing 0 on sigmas (1 when invert_sigmas).
+ *    (float) s, timesteps = sigmas * N in float32, a trailing 0 on sigmas (1 when invert_sigmas). As in
+ *    diffusers, sigma_min is the already shifted table value and is shifted again (shift 3: the last
+ *    non-zero sigma is 0.00893, not 0.00299).
  *    Dynamic shifting replaces the shift by exp(mu) / (exp(mu) + (1/s - 1)).
  *  - custom sigmas (diffusers' `sigmas=`): converted to float32 first, so the shift runs in float32.
  *  - step: prev = sample + (sigma_next - sigma) * model_output, float32, the difference rounded first.
