@@ -213,6 +213,13 @@ static void test_malformed(void) {
     sd3_status s = st_open(&f, g_dir, &err);
     CHECK(s == SD3_ERR_IO && f == NULL, "directory: status %d (%s)", (int)s, err.msg);
     CHECK(strncmp(err.msg, g_dir, strlen(g_dir)) == 0, "directory message: %s", err.msg);
+    char fifo[512];
+    snprintf(fifo, sizeof fifo, "%s/fifo.safetensors", g_dir);
+    if (mkfifo(fifo, 0644) == 0) {
+        f = (st_file *)1;
+        s = st_open(&f, fifo, &err); /* must not block waiting for a writer */
+        CHECK(s == SD3_ERR_IO && f == NULL && strstr(err.msg, fifo) == err.msg, "fifo: status %d (%s)", (int)s, err.msg);
+    }
     char missing[512];
     snprintf(missing, sizeof missing, "%s/does_not_exist.safetensors", g_dir);
     f = (st_file *)1;
@@ -222,6 +229,28 @@ static void test_malformed(void) {
 }
 
 /* Files that look odd but are valid: gaps, empty tensors anywhere, an empty header object, padding. */
+/* A valid file whose I64 tensor sits at a 4-byte offset (as some golden files have it). */
+static void test_misaligned(void) {
+    const char *hdr = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                      "\"i\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[4,12]}}";
+    size_t hl = strlen(hdr), pad = (8 - hl % 8) % 8, size = 8 + hl + pad + 12;
+    unsigned char *b = aligned_alloc(64, 64 * ((size + 63) / 64));
+    uint64_t n = hl + pad;
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(n >> (8 * i));
+    memcpy(b + 8, hdr, hl);
+    memset(b + 8 + hl, ' ', pad);
+    memset(b + 8 + n, 0, 12);
+    st_file *f = NULL;
+    sd3_err err = {0};
+    CHECK(st_open_memory(&f, b, size, "misaligned", &err) == SD3_OK, "misaligned I64 is valid: %s", err.msg);
+    if (f) {
+        CHECK(st_entry_is_aligned(st_find(f, "a")) && !st_entry_is_aligned(st_find(f, "i")),
+              "st_entry_is_aligned tells the I64 at offset 4 apart");
+        st_close(f);
+    }
+    free(b);
+}
+
 static void test_valid_oddities(void) {
     struct { const char *name, *header; size_t data; int n; } ok[] = {
         {"gap", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
@@ -320,7 +349,8 @@ static void test_round_trip(void) {
     CHECK(e && e->ndim == 8 && ((const uint8_t *)e->data)[0] == 7, "rank 8");
     for (int i = 0; i < f->n; i++) {
         size_t es = dtype_size(f->entries[i].dt);
-        CHECK(((uintptr_t)f->entries[i].data) % es == 0, "tensor '%s' aligned to %zu", f->entries[i].name, es);
+        CHECK(((uintptr_t)f->entries[i].data) % es == 0 && st_entry_is_aligned(&f->entries[i]),
+              "tensor '%s' aligned to %zu", f->entries[i].name, es);
     }
     CHECK(st_find(f, "absent") == NULL, "absent name");
     CHECK(st_find(f, "") == NULL, "empty name");
@@ -493,6 +523,7 @@ int main(void) {
     if (!mkdtemp(g_dir)) { perror("mkdtemp"); return 2; }
     test_malformed();
     test_valid_oddities();
+    test_misaligned();
     test_round_trip();
     test_atomic();
     test_golden_file();

@@ -292,7 +292,8 @@ sd3_status st_open(st_file **out, const char *path, sd3_err *err) {
     f->fd = -1;
     f->path = strdup(path);
     if (!f->path) { st_close(f); return sd3_errf(err, SD3_ERR_NOMEM, "%s: out of memory", path); }
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO by mistake must fail below, not wait for a writer (no effect on files) */
+    f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (f->fd < 0) {
         int e = errno;
         st_close(f);
@@ -369,6 +370,12 @@ sd3_status st_get(const st_file *f, const char *name, tensor *out, sd3_err *err)
         return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: tensor '%s' is missing", f->path, name);
     }
     return st_entry_tensor(f, e, out, err);
+}
+
+/* Element alignment of the mapped data (the mapping itself is page aligned; memory buffers may not be). */
+int st_entry_is_aligned(const st_entry *e) {
+    size_t es = dtype_size(e->dt);
+    return es <= 1 || ((uintptr_t)e->data % es) == 0;
 }
 
 /* Drop the mapping's resident pages (file-backed, so they are re-read if touched again). */

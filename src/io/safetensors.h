@@ -69,4 +69,9 @@ sd3_status st_writer_meta(st_writer *w, const char *key, const char *value, sd3_
 sd3_status st_writer_write(st_writer *w, const char *path, sd3_err *err);
 void st_writer_free(st_writer *w);
 
+/* Whether e's data pointer is aligned to its element size. The format does not promise it (real files,
+ * golden ones included, hold I64 tensors at 4-byte offsets); code that reads elements through a typed
+ * pointer must check this and copy (memcpy) a misaligned tensor first, or read elements with memcpy. */
+int st_entry_is_aligned(const st_entry *e);
+
 #endif /* SD3_SAFETENSORS_H */
