@@ -501,6 +501,69 @@ static void test_golden_file(void) {
     st_close(f);
 }
 
+/* Random corruptions of a valid file (bytes flipped or set in the header, truncation, length changed):
+ * every result is either an error with a message naming the label, or a file whose entries all lie inside
+ * the buffer and do not overlap. Mostly useful under ASan/UBSan. */
+static void test_mutations(void) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/round.safetensors", g_dir);
+    FILE *fp = fopen(path, "rb");
+    CHECK(fp != NULL, "round.safetensors exists for mutation");
+    if (!fp) return;
+    unsigned char orig[4096];
+    size_t size = fread(orig, 1, sizeof orig, fp);
+    fclose(fp);
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = (hl << 8) | orig[i];
+    uint64_t rng = 12345;
+    int opened = 0, failed_badly = 0, invariant = 0;
+    static const char alphabet[] = "{}[]\",:0123456789-.eE \\u";
+    for (int it = 0; it < 20000; it++) {
+        unsigned char *b = malloc(size);
+        memcpy(b, orig, size);
+        size_t n = size;
+        int k = 1 + (int)((rng = rng * 6364136223846793005ull + 1442695040888963407ull) >> 60);
+        for (int m = 0; m < k; m++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            uint64_t r = rng >> 16;
+            size_t pos = 8 + (size_t)(r % (hl ? hl : 1));
+            switch ((r >> 40) % 5) {
+            case 0: b[pos] ^= (unsigned char)(1u << ((r >> 32) % 8)); break;
+            case 1: b[pos] = (unsigned char)alphabet[(r >> 24) % (sizeof alphabet - 1)]; break;
+            case 2: n = (size_t)(r % size); break;
+            case 3: b[(r >> 20) % 8] = (unsigned char)(r >> 8); break;
+            default: b[pos] = (unsigned char)'9'; break;
+            }
+        }
+        unsigned char *exact = malloc(n ? n : 1);
+        memcpy(exact, b, n);
+        free(b);
+        st_file *f = NULL;
+        sd3_err err = {0};
+        if (st_open_memory(&f, exact, n, "mut", &err) == SD3_OK) {
+            opened++;
+            for (int i = 0; i < f->n; i++) {
+                const st_entry *e = &f->entries[i];
+                if ((const unsigned char *)e->data < exact + 8 + f->header_len ||
+                    (const unsigned char *)e->data + (e->end - e->begin) > exact + n)
+                    invariant++;
+                for (int j = 0; j < i; j++) {
+                    const st_entry *o = &f->entries[j];
+                    if (e->begin < o->end && o->begin < e->end && e->end > e->begin && o->end > o->begin) invariant++;
+                }
+            }
+            st_close(f);
+        } else if (strncmp(err.msg, "mut: ", 5) != 0 || err.status == SD3_OK) {
+            failed_badly++;
+        }
+        free(exact);
+    }
+    CHECK(failed_badly == 0, "%d mutated files failed without a labelled message", failed_badly);
+    CHECK(invariant == 0, "%d accepted mutated files broke the range invariants", invariant);
+    CHECK(opened > 0 && opened < 20000, "mutations both accepted (%d) and rejected", opened);
+    if (getenv("SD3_TEST_VERBOSE")) printf("mutations: %d of 20000 accepted\n", opened);
+}
+
 /* Remove the temp tree (a few levels, only what this test created). */
 static void rm_tree(const char *dir) {
     DIR *d = opendir(dir);
@@ -525,6 +588,7 @@ int main(void) {
     test_valid_oddities();
     test_misaligned();
     test_round_trip();
+    test_mutations();
     test_atomic();
     test_golden_file();
     rm_tree(g_dir);
