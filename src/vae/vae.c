@@ -338,7 +338,7 @@ static sd3_status tiled_run(const vae_model *m, int dec, const float *in, int N,
     int cin = dec ? c->latent_channels : c->in_channels, cout = dec ? c->out_channels : 2 * c->latent_channels;
     int tin = dec ? m->tile_latent_min_size : m->tile_sample_min_size;
     int tout = dec ? m->tile_sample_min_size : m->tile_latent_min_size;
-    tiling t;
+    tiling t = {0};
     sd3_status s = tiling_plan(&t, inH, inW, tin, tout, m->tile_overlap_factor, dec ? f : 1, dec ? 1 : f,
                                dec ? "tiled decode" : "tiled encode", err);
     if (s) return s;
