@@ -5,6 +5,14 @@
  * twice unless it is written as fmaf()/fma(). The fmaf() calls in the Cephes emulation are exactly the
  * contractions GCC makes when it compiles ATen's avx_mathfun.h with -mfma (see the golden README).
  */
+/* Bit-exactness needs every a*b+c below to round twice unless written as fma: the Makefile passes
+ * -ffp-contract=off, and these pragmas keep it so under the compilers' default modes (not clang
+ * -ffp-contract=fast, which ignores pragmas). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include <math.h>
 #include <string.h>
 #include "core/rng.h"
@@ -118,21 +126,22 @@ float tgen_cephes_logf(float x) {
     return x;
 }
 
-/* sincos256_ps for one lane (valid for |x| < 2^24 or so, like the original). */
+/* sincos256_ps for one lane (accurate for moderate |x|, like the original; Box-Muller needs [0, 2 pi)). */
 void tgen_cephes_sincosf(float xin, float *s, float *c) {
     uint32_t xb = f2u(xin);
     uint32_t sign_sin = xb & 0x80000000u;
     float x = u2f(xb & 0x7fffffffu);
     float y = x * 1.27323954473516f;                /* 4 / pi */
-    int32_t j = (int32_t)y;                          /* _mm256_cvttps_epi32 */
-    j = (j + 1) & ~1;
-    y = (float)j;
-    uint32_t swap_sign_sin = ((uint32_t)j & 4u) << 29;
-    int poly_sin = (j & 2) == 0;                     /* sine polynomial gives sin (else cos) */
+    /* _mm256_cvttps_epi32: truncation; out of range or NaN gives 0x80000000 (integer math unsigned) */
+    uint32_t j = y < 2147483648.0f ? (uint32_t)(int32_t)y : 0x80000000u;
+    j = (j + 1u) & ~1u;
+    y = (float)(int32_t)j;
+    uint32_t swap_sign_sin = (j & 4u) << 29;
+    int poly_sin = (j & 2u) == 0;                    /* sine polynomial gives sin (else cos) */
     x = fmaf(y, -0.78515625f, x);                    /* extended-precision range reduction */
     x = fmaf(y, -2.4187564849853515625e-4f, x);
     x = fmaf(y, -3.77489497744594108e-8f, x);
-    uint32_t sign_cos = (~(uint32_t)(j - 2) & 4u) << 29;
+    uint32_t sign_cos = (~(j - 2u) & 4u) << 29;
     sign_sin ^= swap_sign_sin;
     float z = x * x;
     float yc = fmaf(2.443315711809948E-005f, z, -1.388731625493765E-003f);

@@ -4,6 +4,14 @@
  * Compiled with -ffp-contract=off: every float expression below rounds exactly where torch / numpy
  * round (one rounding per tensor op), which is what makes the tables and the Euler step bit-exact.
  */
+/* Bit-exactness needs every a*b+c below to round twice unless written as fma: the Makefile passes
+ * -ffp-contract=off, and these pragmas keep it so under the compilers' default modes (not clang
+ * -ffp-contract=fast, which ignores pragmas). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include <math.h>
 #include <string.h>
 #include "io/json_util.h"

@@ -4,6 +4,14 @@
  * Every float expression mirrors one torch float32 op (compiled with -ffp-contract=off: no fusing);
  * Python float scalars enter torch's float32 ops rounded to float, as torch casts them.
  */
+/* Bit-exactness needs every a*b+c below to round twice unless written as fma: the Makefile passes
+ * -ffp-contract=off, and these pragmas keep it so under the compilers' default modes (not clang
+ * -ffp-contract=fast, which ignores pragmas). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
