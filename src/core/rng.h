@@ -54,7 +54,8 @@ typedef struct torch_gen {
 /* A fresh generator: torch.Generator() with the given kernel, then manual_seed(seed). */
 void tgen_init(torch_gen *g, uint64_t seed, tgen_kernel k);
 /* torch.manual_seed(seed) on an existing generator: reseed the engine and clear the cached normal;
- * the kernel choice is kept (a zero-initialised struct, `torch_gen g = {0};`, has the AVX2 kernel). */
+ * the kernel choice is kept (a zero-initialised struct, `torch_gen g = {0};`, has the AVX2 kernel and
+ * must be seeded before its first draw). */
 void tgen_seed(torch_gen *g, uint64_t seed);
 /* Choose the float32 normal kernel emulated for tensors of >= 16 elements (default AVX2). */
 void tgen_set_kernel(torch_gen *g, tgen_kernel k);
@@ -70,8 +71,9 @@ double tgen_uniform_f64(torch_gen *g);
 
 /* One sample of at::normal_distribution<double>(mean, std) — the scalar path with the cached second
  * value: r = sqrt(-2 log1p(-u2)), theta = 2 pi u1, returns r cos(theta) * std + mean and caches
- * r sin(theta) for the next call. The scaling is fused (fma), as the AVX2 build of ATen compiles it;
- * for mean 0 and std 1 (randn) fused or not gives the same bits. */
+ * r sin(theta) for the next call. The scaling is one fma with TGEN_KERNEL_AVX2 (GCC contracts it in
+ * ATen's -mfma build) and a multiply and an add with TGEN_KERNEL_PORTABLE; for mean 0 and std 1 (randn,
+ * the script's logit_normal) both give the same bits, other mean/std are not covered by golden data. */
 double tgen_normal_f64(torch_gen *g, double mean, double std);
 
 /* torch.randn(n) of a contiguous float32 tensor: out[0..n) ~ N(0, 1). */
