@@ -225,6 +225,9 @@ static sd3_status check_decode_args(const vae_model *m, int N, int C, int h, int
     if (h < 1 || w < 1 || h > VAE_MAX_SIDE / f || w > VAE_MAX_SIDE / f)
         return sd3_errf(err, SD3_ERR_INVALID_ARG, "vae decode: latent size %dx%d out of range 1..%d per side", h, w,
                         VAE_MAX_SIDE / f);
+    if ((int64_t)N * h * w * f * f > VAE_MAX_PIXELS)
+        return sd3_errf(err, SD3_ERR_INVALID_ARG, "vae decode: %d images of %dx%d pixels exceed the limit of %lld pixels "
+                        "per call (decode fewer at a time)", N, h * f, w * f, (long long)VAE_MAX_PIXELS);
     return SD3_OK;
 }
 
@@ -237,6 +240,9 @@ static sd3_status check_encode_args(const vae_model *m, int N, int C, int H, int
     if (H < f || W < f || H > VAE_MAX_SIDE || W > VAE_MAX_SIDE)
         return sd3_errf(err, SD3_ERR_INVALID_ARG, "vae encode: image size %dx%d out of range %d..%d per side", H, W, f,
                         VAE_MAX_SIDE);
+    if ((int64_t)N * H * W > VAE_MAX_PIXELS)
+        return sd3_errf(err, SD3_ERR_INVALID_ARG, "vae encode: %d images of %dx%d pixels exceed the limit of %lld pixels "
+                        "per call (encode fewer at a time)", N, H, W, (long long)VAE_MAX_PIXELS);
     if (H % f || W % f)
         return sd3_errf(err, SD3_ERR_INVALID_ARG, "vae encode: image size %dx%d is not a multiple of %d (the VAE's "
                         "downscale factor)", H, W, f);

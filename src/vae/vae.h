@@ -39,6 +39,7 @@
 #define VAE_MAX_RESNETS 8          /* per level: layers_per_block + 1 in the decoder */
 #define VAE_MAX_SIDE 16384         /* largest image side (pixels) a forward accepts */
 #define VAE_MAX_BATCH 1024
+#define VAE_MAX_PIXELS ((int64_t)1 << 30)   /* batch x height x width per call (keeps kernel row counts in int) */
 
 /* ---- config ------------------------------------------------------------------------------------ */
 

@@ -90,6 +90,9 @@ sd3_status vae_config_load(vae_config *c, const char *path, sd3_err *err) {
     c->layers_per_block = json_int(j, "layers_per_block", 1);
     c->norm_num_groups = json_int(j, "norm_num_groups", 32);
     c->sample_size = json_int(j, "sample_size", 32);
+    const cJSON *ss = cJSON_GetObjectItemCaseSensitive(j, "sample_size");
+    if (cJSON_IsArray(ss) && cJSON_IsNumber(cJSON_GetArrayItem(ss, 0)))   /* [h, w]: diffusers tiles with the first */
+        c->sample_size = (int)cJSON_GetArrayItem(ss, 0)->valuedouble;
     c->scaling_factor = json_num(j, "scaling_factor", 0.18215);
     c->shift_factor = json_num(j, "shift_factor", 0.0);     /* null in SD1/SDXL configs = no shift */
     c->use_quant_conv = json_bool(j, "use_quant_conv", 1);
