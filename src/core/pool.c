@@ -25,6 +25,7 @@ typedef struct pool {
 static pool g_pool;
 static int g_pool_started = 0;
 static _Thread_local int t_in_task = 0;
+static _Thread_local int t_thread = 0;  /* this thread's index in the pool (0 = a caller) */
 static pthread_mutex_t g_run_mu = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
 
 /* Take tasks until none are left. */
@@ -44,6 +45,7 @@ static void *worker_main(void *va) {
     pool *p = wa->p;
     uint64_t seen = 0;
     t_in_task = 1;
+    t_thread = wa->id;
     pthread_mutex_lock(&p->mu);
     for (;;) {
         while (!p->quit && p->generation == seen) pthread_cond_wait(&p->wake, &p->mu);
@@ -107,8 +109,8 @@ int pool_threads(void) {
 
 void pool_run(int n_tasks, pool_fn fn, void *arg) {
     if (n_tasks <= 0) return;
-    if (t_in_task || n_tasks == 1) {           /* nested or trivial: run here */
-        for (int t = 0; t < n_tasks; t++) fn(arg, t, 0);
+    if (t_in_task || n_tasks == 1) {           /* nested or trivial: run here, as this thread */
+        for (int t = 0; t < n_tasks; t++) fn(arg, t, t_thread);
         return;
     }
     if (!g_pool_started) pool_set_threads(0);

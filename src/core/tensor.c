@@ -63,23 +63,27 @@ const char *tensor_shape_str(const tensor *t, char *buf, size_t n) {
     return buf;
 }
 
+/* Element i of any numeric tensor as float. Reads through memcpy: safetensors files may place a tensor
+ * at an offset that is not a multiple of its element size (seen in real files). */
 float tensor_get_f32(const tensor *t, int64_t i) {
+    const unsigned char *p = (const unsigned char *)t->data + (size_t)i * dtype_size(t->dt);
     switch (t->dt) {
-    case DT_F32: return ((const float *)t->data)[i];
-    case DT_F16: return fp16_to_f32(((const uint16_t *)t->data)[i]);
-    case DT_BF16: return bf16_to_f32(((const uint16_t *)t->data)[i]);
-    case DT_F64: return (float)((const double *)t->data)[i];
-    case DT_F8_E4M3: return fp8e4m3_to_f32(((const uint8_t *)t->data)[i]);
-    case DT_F8_E5M2: return fp8e5m2_to_f32(((const uint8_t *)t->data)[i]);
-    case DT_I64: return (float)((const int64_t *)t->data)[i];
-    case DT_I32: return (float)((const int32_t *)t->data)[i];
+    case DT_F32: { float v; memcpy(&v, p, 4); return v; }
+    case DT_F16: { uint16_t v; memcpy(&v, p, 2); return fp16_to_f32(v); }
+    case DT_BF16: { uint16_t v; memcpy(&v, p, 2); return bf16_to_f32(v); }
+    case DT_F64: { double v; memcpy(&v, p, 8); return (float)v; }
+    case DT_F8_E4M3: return fp8e4m3_to_f32(*p);
+    case DT_F8_E5M2: return fp8e5m2_to_f32(*p);
+    case DT_I64: { int64_t v; memcpy(&v, p, 8); return (float)v; }
+    case DT_I32: { int32_t v; memcpy(&v, p, 4); return (float)v; }
     default: SD3_ASSERT(!"tensor_get_f32: not a float dtype");
     }
     return 0;
 }
 
 void tensor_to_f32(const tensor *t, int64_t off, int64_t n, float *dst) {
-    switch (t->dt) {
+    int aligned = ((uintptr_t)t->data % dtype_size(t->dt)) == 0;
+    switch (aligned ? t->dt : DT_COUNT) {
     case DT_F32: memcpy(dst, (const float *)t->data + off, (size_t)n * 4); break;
     case DT_F16: fp16_to_f32_row((const uint16_t *)t->data + off, dst, (size_t)n); break;
     case DT_BF16: bf16_to_f32_row((const uint16_t *)t->data + off, dst, (size_t)n); break;

@@ -21,7 +21,8 @@ typedef struct weights {
 /* Open one .safetensors file as a weight set. */
 sd3_status weights_open_file(weights *w, const char *path, sd3_err *err);
 /* Open a diffusers component folder: <dir>/<stem>.safetensors, else <dir>/<stem>.fp16.safetensors,
- * else the shards listed by <dir>/<stem>[.fp16].safetensors.index.json. stem is e.g.
+ * else the shards listed by <dir>/<stem>[.fp16].safetensors.index.json (or diffusers'
+ * <stem>.safetensors.index.fp16.json). stem is e.g.
  * "diffusion_pytorch_model" or "model". Error names what is missing. */
 sd3_status weights_open_dir(weights *w, const char *dir, const char *stem, sd3_err *err);
 /* A view of another set with a key prefix (files not owned). */

@@ -131,13 +131,15 @@ int golden_check_i64(golden_case *gc, const char *name, const int64_t *got, int6
         golden_fail(gc, "%s: expected %lld I64 values, got %lld", name, (long long)tensor_numel(&t), (long long)n);
         return -1;
     }
-    const int64_t *e = t.data;
-    for (int64_t i = 0; i < n; i++)
-        if (e[i] != got[i]) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t e;  /* memcpy: I64 tensors may sit at unaligned offsets in real files */
+        memcpy(&e, (const char *)t.data + 8 * i, 8);
+        if (e != got[i]) {
             golden_fail(gc, "%s: first mismatch at [%lld]: got %lld, want %lld", name, (long long)i, (long long)got[i],
-                        (long long)e[i]);
+                        (long long)e);
             return -1;
         }
+    }
     if (gc->verbose) printf("    ok   %-48s %lld ids exact\n", name, (long long)n);
     return 0;
 }
