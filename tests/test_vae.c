@@ -19,16 +19,19 @@ static int g_verbose;
 
 /* Deterministic standard normals (xorshift + Box-Muller); the values only need to be reproducible. */
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+/* A uniform in (0, 1) (xorshift64). */
 static double urand(void) {
     g_rng ^= g_rng << 13;
     g_rng ^= g_rng >> 7;
     g_rng ^= g_rng << 17;
     return ((g_rng >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
+/* n standard normals by Box-Muller. */
 static void randn(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = (float)(sqrt(-2 * log(urand())) * cos(6.283185307179586 * urand()));
 }
 
+/* Print an error message in verbose mode (to show what users would read). */
 static void say(const char *what, const sd3_err *e) {
     if (g_verbose) printf("  %-40s -> %s\n", what, e->msg);
 }
@@ -299,6 +302,7 @@ static void crop(float *y, const float *x, int NC, int H, int W, int y0, int x0,
  * output size in *oH, *oW (out must hold it); 0 on success. */
 typedef struct rtile { float *d; int h, w; } rtile;
 
+/* blend_v: b's first rows fade in from a's last rows. */
 static void ref_blend_v(const rtile *a, rtile *b, int NC, int extent) {
     int e = extent < a->h ? extent : a->h;
     if (b->h < e) e = b->h;
@@ -311,6 +315,7 @@ static void ref_blend_v(const rtile *a, rtile *b, int NC, int extent) {
             }
 }
 
+/* blend_h: b's first columns fade in from a's last columns. */
 static void ref_blend_h(const rtile *a, rtile *b, int NC, int extent) {
     int e = extent < a->w ? extent : a->w;
     if (b->w < e) e = b->w;
@@ -323,6 +328,7 @@ static void ref_blend_h(const rtile *a, rtile *b, int NC, int extent) {
             }
 }
 
+/* The whole tiled pass, literally (see above). */
 static int ref_tiled(const vae_model *m, int dec, const float *in, int Cin, int H, int W, float *out, int *oH, int *oW) {
     int f = 8, Cout = dec ? 3 : 32;
     int tin = dec ? m->tile_latent_min_size : m->tile_sample_min_size;

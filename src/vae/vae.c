@@ -44,6 +44,7 @@ static float *other(vae_run *r, const float *a, const float *b) {
     return NULL;
 }
 
+/* Hand a finished stage output to the caller's observer (real run only). */
 static void tap(vae_run *r, const char *name, act a) {
     if (!r->dry && r->tap && r->tap->fn) r->tap->fn(r->tap->user, name, a.x, r->N, a.C, a.H, a.W);
 }
@@ -210,12 +211,14 @@ static sd3_status run_alloc(vae_run *r, float **block, sd3_err *err) {
 
 /* ---- argument checks ---------------------------------------------------------------------------- */
 
+/* Batch size within 1..VAE_MAX_BATCH. */
 static sd3_status check_batch(int N, sd3_err *err) {
     if (N < 1 || N > VAE_MAX_BATCH)
         return sd3_errf(err, SD3_ERR_INVALID_ARG, "vae: batch size %d out of range 1..%d", N, VAE_MAX_BATCH);
     return SD3_OK;
 }
 
+/* Latent channels, sizes and pixel count a decode accepts (errors name the value and the limit). */
 static sd3_status check_decode_args(const vae_model *m, int N, int C, int h, int w, sd3_err *err) {
     int f = vae_downscale(&m->cfg);
     if (check_batch(N, err)) return err->status;
@@ -231,6 +234,7 @@ static sd3_status check_decode_args(const vae_model *m, int N, int C, int h, int
     return SD3_OK;
 }
 
+/* Image channels, sizes (multiples of the downscale factor) and pixel count an encode accepts. */
 static sd3_status check_encode_args(const vae_model *m, int N, int C, int H, int W, sd3_err *err) {
     int f = vae_downscale(&m->cfg);
     if (check_batch(N, err)) return err->status;

@@ -16,6 +16,7 @@ typedef struct tap_state {
     int n_seen;
 } tap_state;
 
+/* Compare an intermediate with the case tensor of the same name, if the case has one. */
 static void tap_check(void *user, const char *name, const float *x, int N, int C, int H, int W) {
     tap_state *t = user;
     if (!golden_tensor_json(t->gc, name)) return;
