@@ -59,9 +59,10 @@ static sd3_status load_vocab(clip_tok *t, const char *path, sd3_err *err) {
     for (const cJSON *it = j->child; it; it = it->next) {
         double v = cJSON_IsNumber(it) ? it->valuedouble : -1;
         if (!it->string || v < 0 || v > INT32_MAX || v != (double)(int32_t)v) {
+            sd3_errf(err, SD3_ERR_FORMAT, "%s: entry %d ('%s') is not a non-negative integer id", path, n,
+                     it->string ? it->string : "?");
             cJSON_Delete(j);
-            return sd3_errf(err, SD3_ERR_FORMAT, "%s: entry %d ('%s') is not a non-negative integer id", path, n,
-                            it->string ? it->string : "?");
+            return SD3_ERR_FORMAT;
         }
         long s = sym_intern(t, it->string, strlen(it->string));
         if (s < 0) { cJSON_Delete(j); return sd3_errf(err, SD3_ERR_NOMEM, "%s: out of memory", path); }

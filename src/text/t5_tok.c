@@ -114,71 +114,83 @@ static int pb_skip(const unsigned char **p, const unsigned char *end, unsigned w
 }
 
 /* spiece.model: ModelProto { repeated SentencePiece pieces = 1 {string piece = 1; float score = 2;
- * Type type = 3}; NormalizerSpec normalizer_spec = 3 {string name = 1; bytes precompiled_charsmap = 2} }. */
+ * Type type = 3}; TrainerSpec trainer_spec = 2 {int32 vocab_size = 4}; NormalizerSpec normalizer_spec = 3
+ * {string name = 1; bytes precompiled_charsmap = 2} }. Protobuf has no end marker, so a file cut at a
+ * field boundary is caught by the checks after parsing: the normalizer_spec must be there and the
+ * number of pieces must equal trainer_spec.vocab_size. */
 static sd3_status load_spiece(t5_tok *t, const char *path, sd3_err *err) {
     size_t len;
     char *buf = file_read_all(path, T5_MAX_MODEL_BYTES, &len, err);
     if (!buf) return err ? err->status : SD3_ERR_IO;
     const unsigned char *p = (const unsigned char *)buf, *end = p + len;
     sd3_status st = SD3_OK;
+    int bad = 0, have_norm = 0;
+    long long declared = -1;
     const unsigned char *cmap = NULL;
     size_t cmap_len = 0;
     t->unk_id = -1;
-    while (p < end && st == SD3_OK) {
+    while (p < end && !bad && st == SD3_OK) {
         uint64_t tag, l;
-        if (pb_varint(&p, end, &tag)) { st = SD3_ERR_FORMAT; break; }
+        if (pb_varint(&p, end, &tag)) { bad = 1; break; }
         unsigned field = (unsigned)(tag >> 3), wt = (unsigned)(tag & 7);
-        if ((field == 1 || field == 3) && wt == 2) {
-            if (pb_varint(&p, end, &l) || l > (uint64_t)(end - p)) { st = SD3_ERR_FORMAT; break; }
-            const unsigned char *q = p, *qe = p + l;
-            p = qe;
-            const char *piece = NULL;
-            size_t piece_len = 0;
-            float score = 0;
-            uint64_t type = 1;
-            while (q < qe) {
-                uint64_t t2, l2;
-                if (pb_varint(&q, qe, &t2)) { st = SD3_ERR_FORMAT; break; }
-                unsigned f2 = (unsigned)(t2 >> 3), w2 = (unsigned)(t2 & 7);
-                if (field == 1 && f2 == 1 && w2 == 2) {
-                    if (pb_varint(&q, qe, &l2) || l2 > (uint64_t)(qe - q)) { st = SD3_ERR_FORMAT; break; }
-                    piece = (const char *)q; piece_len = (size_t)l2; q += l2;
-                } else if (field == 1 && f2 == 2 && w2 == 5) {
-                    if (qe - q < 4) { st = SD3_ERR_FORMAT; break; }
-                    uint32_t bits = (uint32_t)q[0] | ((uint32_t)q[1] << 8) | ((uint32_t)q[2] << 16) | ((uint32_t)q[3] << 24);
-                    memcpy(&score, &bits, 4);
-                    q += 4;
-                } else if (field == 1 && f2 == 3 && w2 == 0) {
-                    if (pb_varint(&q, qe, &type)) { st = SD3_ERR_FORMAT; break; }
-                } else if (field == 3 && f2 == 2 && w2 == 2) {
-                    if (pb_varint(&q, qe, &l2) || l2 > (uint64_t)(qe - q)) { st = SD3_ERR_FORMAT; break; }
-                    cmap = q; cmap_len = (size_t)l2; q += l2;
-                } else if (pb_skip(&q, qe, w2)) { st = SD3_ERR_FORMAT; break; }
-            }
-            if (st != SD3_OK) break;
-            if (field == 1) {
-                uint32_t *cps;
-                size_t ncp;
-                if (!piece || !piece_len) { st = sd3_errf(err, SD3_ERR_FORMAT, "%s: piece %d has no text", path, t->n_vocab); break; }
-                if (uc_utf8_decode(piece, piece_len, &cps, &ncp, NULL) != SD3_OK) {
-                    st = sd3_errf(err, SD3_ERR_FORMAT, "%s: piece %d is not valid UTF-8", path, t->n_vocab);
-                    break;
-                }
-                free(cps);
-                if (type == 2 && t->unk_id < 0) t->unk_id = t->n_vocab;  /* UNKNOWN */
-                if (add_piece(t, piece, piece_len, (double)score))  { st = sd3_errf(err, SD3_ERR_NOMEM, "%s: out of memory", path); break; }
-            }
-        } else if (pb_skip(&p, end, wt)) {
-            st = SD3_ERR_FORMAT;
+        if (!(field >= 1 && field <= 3 && wt == 2)) {
+            if (pb_skip(&p, end, wt)) bad = 1;
+            continue;
         }
+        if (pb_varint(&p, end, &l) || l > (uint64_t)(end - p)) { bad = 1; break; }
+        const unsigned char *q = p, *qe = p + l;
+        p = qe;
+        const char *piece = NULL;
+        size_t piece_len = 0;
+        float score = 0;
+        uint64_t type = 1, v;
+        if (field == 3) have_norm = 1;
+        while (q < qe && !bad) {
+            uint64_t t2, l2;
+            if (pb_varint(&q, qe, &t2)) { bad = 1; break; }
+            unsigned f2 = (unsigned)(t2 >> 3), w2 = (unsigned)(t2 & 7);
+            if (field == 1 && f2 == 1 && w2 == 2) {
+                if (pb_varint(&q, qe, &l2) || l2 > (uint64_t)(qe - q)) { bad = 1; break; }
+                piece = (const char *)q; piece_len = (size_t)l2; q += l2;
+            } else if (field == 1 && f2 == 2 && w2 == 5) {
+                if (qe - q < 4) { bad = 1; break; }
+                uint32_t bits = (uint32_t)q[0] | ((uint32_t)q[1] << 8) | ((uint32_t)q[2] << 16) | ((uint32_t)q[3] << 24);
+                memcpy(&score, &bits, 4);
+                q += 4;
+            } else if (field == 1 && f2 == 3 && w2 == 0) {
+                if (pb_varint(&q, qe, &type)) bad = 1;
+            } else if (field == 2 && f2 == 4 && w2 == 0) {
+                if (pb_varint(&q, qe, &v)) bad = 1;
+                else declared = (long long)(int32_t)v;
+            } else if (field == 3 && f2 == 2 && w2 == 2) {
+                if (pb_varint(&q, qe, &l2) || l2 > (uint64_t)(qe - q)) { bad = 1; break; }
+                cmap = q; cmap_len = (size_t)l2; q += l2;
+            } else if (pb_skip(&q, qe, w2)) bad = 1;
+        }
+        if (bad || field != 1) continue;
+        uint32_t *cps;
+        size_t ncp;
+        if (!piece || !piece_len) { st = sd3_errf(err, SD3_ERR_FORMAT, "%s: piece %d has no text", path, t->n_vocab); break; }
+        if (uc_utf8_decode(piece, piece_len, &cps, &ncp, NULL) != SD3_OK) {
+            st = sd3_errf(err, SD3_ERR_FORMAT, "%s: piece %d is not valid UTF-8", path, t->n_vocab);
+            break;
+        }
+        free(cps);
+        if (type == 2 && t->unk_id < 0) t->unk_id = t->n_vocab;  /* UNKNOWN */
+        if (add_piece(t, piece, piece_len, (double)score)) st = sd3_errf(err, SD3_ERR_NOMEM, "%s: out of memory", path);
     }
-    if (st == SD3_ERR_FORMAT && (!err || err->status != SD3_ERR_FORMAT))
-        st = sd3_errf(err, SD3_ERR_FORMAT, "%s: not a valid SentencePiece model (truncated or corrupt protobuf)", path);
+    if (st == SD3_OK && bad)
+        st = sd3_errf(err, SD3_ERR_FORMAT, "%s: not a valid SentencePiece model (truncated or corrupt protobuf near byte %zu)",
+                      path, (size_t)(p - (const unsigned char *)buf));
     if (st == SD3_OK && t->n_vocab == 0) st = sd3_errf(err, SD3_ERR_FORMAT, "%s: no pieces (not a SentencePiece model?)", path);
+    if (st == SD3_OK && !have_norm) st = sd3_errf(err, SD3_ERR_FORMAT, "%s: no normalizer_spec (truncated file?)", path);
+    if (st == SD3_OK && declared >= 0 && declared != t->n_vocab)
+        st = sd3_errf(err, SD3_ERR_FORMAT, "%s: trainer_spec says %lld pieces but the file has %d (truncated file?)", path,
+                      declared, t->n_vocab);
     if (st == SD3_OK && cmap_len) st = charsmap_parse(t, cmap, cmap_len, path, err);
     if (st == SD3_OK && t->unk_id < 0) {
-        int32_t v;
-        if (tok_strmap_get(&t->pieces, "<unk>", 5, &v)) t->unk_id = v;
+        int32_t u;
+        if (tok_strmap_get(&t->pieces, "<unk>", 5, &u)) t->unk_id = u;
         else st = sd3_errf(err, SD3_ERR_FORMAT, "%s: no unknown piece", path);
     }
     free(buf);
