@@ -11,8 +11,18 @@
 #include <string.h>
 #include "kernels/cpu/kcpu.h"
 
-#define KC_BLOCK 256
-#define NC_BLOCK 256
+#define KC_MAX 512
+static int KC_BLOCK = 256, NC_BLOCK = 256;
+/* Tuning hook for benchmarks: SD3_GEMM_KC / SD3_GEMM_NC override the block sizes (read once). */
+static void gemm_tune(void) {
+    static int done = 0;
+    if (done) return;
+    const char *e = getenv("SD3_GEMM_KC");
+    if (e && atoi(e) >= 16 && atoi(e) <= KC_MAX) KC_BLOCK = atoi(e);
+    e = getenv("SD3_GEMM_NC");
+    if (e && atoi(e) >= 16) NC_BLOCK = atoi(e);
+    done = 1;
+}
 
 /* ---- packers ---------------------------------------------------------------------------------- */
 
@@ -30,7 +40,8 @@ static void cvt_row_portable(const tensor *t, int64_t off, int n, float *dst) {
  * dst[k*R + i]. Rows are widened to F32 a KC-long piece at a time. */
 void kc_pack_rows(const void *vctx, const kc_isa *isa, int idx0, int cnt, int k0, int kc, int R, float *dst) {
     const kc_rows *c = vctx;
-    float tmp[KC_BLOCK];
+    if (isa->pack_rows && isa->pack_rows(vctx, idx0, cnt, k0, kc, R, dst)) return;
+    float tmp[KC_MAX];
     for (int i = 0; i < cnt; i++) {
         const float *src;
         if (c->f32) src = c->f32 + (int64_t)(idx0 + i) * c->ld + k0;
@@ -81,7 +92,7 @@ static void ukr_portable(int kc, const float *Ap, const float *Bp, float *C, int
 
 /* Portable small-M linear: plain dot products, W widened a piece at a time. */
 static void gemv_portable(float *y, const float *x, const tensor *W, const float *bias, int M, int N, int K, int n0, int n1) {
-    float tmp[KC_BLOCK];
+    float tmp[KC_MAX];
     for (int n = n0; n < n1; n++) {
         float acc[4] = {0, 0, 0, 0};
         for (int k0 = 0; k0 < K; k0 += KC_BLOCK) {
@@ -139,6 +150,7 @@ static void gemm_task(void *arg, int task, int thread) {
     uint32_t *Bh = (uint32_t *)(Ap + (size_t)MR * j->KCb);
     uint32_t *Ah = Bh + (size_t)j->NC * j->KCb / 2;
     int bf16 = g->bf16 && isa->ukr_bf16;
+    int direct = !bf16 && isa->ukr_direct && g->pack_a == kc_pack_rows && ((const kc_rows *)g->actx)->f32 && !g->bias_m;
 
     if (g->K == 0) { /* no products: C = bias */
         for (int m = m0; m < m1; m++)
@@ -157,6 +169,16 @@ static void gemm_task(void *arg, int task, int thread) {
         }
         for (int m = m0; m < m1; m += MR) {
             int mr = m1 - m < MR ? m1 - m : MR;
+            if (direct && mr == MR) { /* F32 rows: the microkernel reads A in place */
+                const kc_rows *ar = g->actx;
+                const float *A = ar->f32 + (int64_t)m * ar->ld + k0;
+                for (int s = 0; s < nsl; s++) {
+                    int ns = n0 + s * NR, nr = n1 - ns < NR ? n1 - ns : NR;
+                    isa->ukr_direct(kc, A, ar->ld, Bp + (size_t)s * NR * kc, g->C + (int64_t)m * g->ldc + ns, g->ldc, nr, k0 > 0,
+                                    g->bias_n ? g->bias_n + ns : NULL);
+                }
+                continue;
+            }
             g->pack_a(g->actx, isa, m, mr, k0, kc, MR, Ap);
             if (bf16) to_bf16_pairs(Ap, kc, MR, Ah);
             for (int s = 0; s < nsl; s++) {
@@ -174,6 +196,7 @@ static void gemm_task(void *arg, int task, int thread) {
 
 void kc_gemm_run(const kc_isa *isa, const kc_gemm *g) {
     if (g->M <= 0 || g->N <= 0) return;
+    gemm_tune();
     int nt = pool_threads();
     int MR = isa->MR, NR = isa->NR;
     gemm_job j = {.isa = isa, .g = g, .KCb = KC_BLOCK};

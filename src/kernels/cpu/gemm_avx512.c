@@ -66,6 +66,34 @@ static void ukr_f32(int kc, const float *Ap, const float *Bp, float *C, int64_t 
     store_block(c0, c1, C, ldc, mr, nr, accum, bias_n, bias_m);
 }
 
+/* F32 microkernel reading A straight from 12 full rows of a row-major F32 matrix (row stride lda): no
+ * packing of the activations. Rows are addressed as 4 advancing pointers (rows 0, 3, 6, 9) plus offsets
+ * lda and 2·lda, so the loop needs few registers. */
+static void ukr_f32_direct(int kc, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc, int nr, int accum,
+                           const float *bias_n) {
+    __m512 c0[X_MR], c1[X_MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < X_MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+    const float *p0 = A, *p3 = A + 3 * lda, *p6 = A + 6 * lda, *p9 = A + 9 * lda;
+    const int64_t l1 = lda, l2 = 2 * lda;
+    for (int k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(Bp), b1 = _mm512_load_ps(Bp + 16);
+        __m512 a;
+#define ROW(i, p, off)                                                                                                 \
+    a = _mm512_set1_ps(p[off]);                                                                                        \
+    c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);                                                                             \
+    c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+        ROW(0, p0, 0) ROW(1, p0, l1) ROW(2, p0, l2)
+        ROW(3, p3, 0) ROW(4, p3, l1) ROW(5, p3, l2)
+        ROW(6, p6, 0) ROW(7, p6, l1) ROW(8, p6, l2)
+        ROW(9, p9, 0) ROW(10, p9, l1) ROW(11, p9, l2)
+#undef ROW
+        p0++; p3++; p6++; p9++;
+        Bp += X_NR;
+    }
+    store_block(c0, c1, C, ldc, X_MR, nr, accum, bias_n, NULL);
+}
+
 /* bf16 microkernel: the same block with vdpbf16ps, two k per instruction (pairs packed by the driver). */
 static void ukr_bf16(int kc2, const uint32_t *Ap, const uint32_t *Bp, float *C, int64_t ldc, int mr, int nr, int accum,
                      const float *bias_n, const float *bias_m) {
@@ -112,6 +140,65 @@ static void cvt_row_avx512(const tensor *t, int64_t off, int n, float *dst) {
     } else {
         tensor_to_f32(t, off, n, dst);
     }
+}
+
+/* In-register transpose of a 16x16 float block: r[i] holds row i before, column i after. */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    /* r[4g + c] now holds columns c, c+4, c+8, c+12 (one per 128-bit lane) of rows 4g..4g+3 */
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+        __m512 x0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), x1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+        __m512 y0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), y1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+        t[c] = _mm512_shuffle_f32x4(x0, y0, 0x88);
+        t[c + 8] = _mm512_shuffle_f32x4(x0, y0, 0xDD);
+        t[c + 4] = _mm512_shuffle_f32x4(x1, y1, 0x88);
+        t[c + 12] = _mm512_shuffle_f32x4(x1, y1, 0xDD);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+/* 16 values of a row of a kc_rows matrix at element off (masked), widened to F32. */
+static inline __m512 load_row16(const kc_rows *c, int64_t off, __mmask16 m) {
+    if (c->f32) return _mm512_maskz_loadu_ps(m, c->f32 + off);
+    if (c->t->dt == DT_F32) return _mm512_maskz_loadu_ps(m, (const float *)c->t->data + off);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)c->t->data + off);
+    if (c->t->dt == DT_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* kc_pack_rows for R a multiple of 16 and F32/F16/BF16 data: 16x16 blocks widened and transposed in
+ * registers, written as whole aligned vectors. Returns 0 when it cannot handle the case. */
+static int pack_rows_avx512(const void *vctx, int idx0, int cnt, int k0, int kc, int R, float *dst) {
+    const kc_rows *c = vctx;
+    if (R % 16 || (!c->f32 && c->t->dt != DT_F32 && c->t->dt != DT_F16 && c->t->dt != DT_BF16)) return 0;
+    for (int g = 0; g < R; g += 16) {
+        int rows = cnt - g < 16 ? cnt - g : 16;
+        for (int k = 0; k < kc; k += 16) {
+            int kl = kc - k < 16 ? kc - k : 16;
+            __mmask16 m = kl == 16 ? (__mmask16)0xffff : (__mmask16)((1u << kl) - 1);
+            __m512 r[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                r[i] = i < rows ? load_row16(c, (int64_t)(idx0 + g + i) * c->ld + k0 + k, m) : _mm512_setzero_ps();
+            transpose16(r);
+            for (int t = 0; t < kl; t++) _mm512_store_ps(dst + (int64_t)(k + t) * R + g, r[t]);
+        }
+    }
+    return 1;
 }
 
 /* 16 weights at element off (masked by m) widened to F32. */
@@ -167,8 +254,8 @@ void kc_attn_tile_avx512(float *o, const float *q, const float *k, const float *
 void kc_act_avx512(int kind, float *y, const float *x, size_t n);
 
 static const kc_isa g_avx512 = {
-    .name = "avx512", .MR = X_MR, .NR = X_NR, .ukr = ukr_f32, .ukr_bf16 = ukr_bf16, .cvt_row = cvt_row_avx512,
-    .gemv = gemv_avx512, .attn_tile = kc_attn_tile_avx512, .act = kc_act_avx512,
+    .name = "avx512", .MR = X_MR, .NR = X_NR, .ukr = ukr_f32, .ukr_direct = ukr_f32_direct, .ukr_bf16 = ukr_bf16, .cvt_row = cvt_row_avx512,
+    .gemv = gemv_avx512, .pack_rows = pack_rows_avx512, .attn_tile = kc_attn_tile_avx512, .act = kc_act_avx512,
 };
 const kc_isa *kc_isa_avx512(void) { return &g_avx512; }
 

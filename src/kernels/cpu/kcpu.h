@@ -22,9 +22,14 @@ typedef struct kc_isa {
     const char *name;
     int MR, NR;
     kc_ukr_fn ukr;
+    /* optional: the same with A read in place from MR full rows of an F32 matrix (row stride lda) */
+    void (*ukr_direct)(int kc, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc, int nr, int accum,
+                       const float *bias_n);
     kc_ukr_bf16_fn ukr_bf16;        /* NULL where the CPU has no bf16 dot product */
     /* n elements of a float tensor (F32/F16/BF16) from element off, widened to F32 */
     void (*cvt_row)(const tensor *t, int64_t off, int n, float *dst);
+    /* optional fast kc_pack_rows (returns 0 to decline) */
+    int (*pack_rows)(const void *ctx, int idx0, int cnt, int k0, int kc, int R, float *dst);
     /* small-M linear: y[m, n] for n in [n0, n1), all m < M (M <= 4), W rows read and widened directly */
     void (*gemv)(float *y, const float *x, const tensor *W, const float *bias, int M, int N, int K, int n0, int n1);
     /* flash attention for one (batch, head, query tile); NULL = use the portable one */

@@ -1,0 +1,246 @@
+/* bench_kernels.c — kernel throughput against this machine's measured peak.
+ *
+ * First the peak, in the same run: an FMA-chain microbenchmark (16 independent zmm/ymm accumulator
+ * chains per thread, on every pool thread) for fp32, and a vdpbf16ps chain for bf16 where the CPU has it.
+ * Then GEMM GFLOP/s for the SD3-Medium MMDiT shapes (hidden 1536; M = 2·1024 image tokens or 2·333 text
+ * tokens; q/k/v/o 1536→1536, fc1 1536→6144, fc2 6144→1536; adaLN 1536→9216 at M = 2) with F32, F16 and
+ * BF16 weights (default F32-exact mode) and BF16 weights in the opt-in bf16 mode; attention at B=2, H=24,
+ * T=1357 (1024 + 333 joint tokens), D=64; one VAE-sized 3x3 conv. Each is printed with its ratio to the
+ * measured peak; the last line is one JSON object with the main numbers. Best of a few repetitions.
+ * Usage: bench_kernels [--quick]. Timings are only meaningful on an otherwise idle machine. */
+#include <math.h>
+#include <string.h>
+#include "kernels/kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#endif
+
+static int g_quick = 0;
+
+/* ================================================================================================ */
+/* Peak                                                                                             */
+/* ================================================================================================ */
+
+#define PEAK_ITERS 20000000L
+
+typedef struct { long iters; int kind; volatile float sink[64]; } peak_job;
+
+#ifdef HAVE_X86
+/* 16 independent FMA chains of zmm registers: 16 x 32 flops per iteration. */
+__attribute__((target("avx512f"))) static float fma_chain_avx512(long iters) {
+    __m512 a[16], x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < 16; i++) a[i] = _mm512_set1_ps((float)i);
+    for (long t = 0; t < iters; t++)
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) a[i] = _mm512_fmadd_ps(a[i], x, y);
+    __m512 s = a[0];
+    for (int i = 1; i < 16; i++) s = _mm512_add_ps(s, a[i]);
+    return _mm512_reduce_add_ps(s);
+}
+
+/* 12 independent FMA chains of ymm registers: 12 x 16 flops per iteration. */
+__attribute__((target("avx2,fma"))) static float fma_chain_avx2(long iters) {
+    __m256 a[12], x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
+    for (long t = 0; t < iters; t++)
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], x, y);
+    __m256 s = a[0];
+    for (int i = 1; i < 12; i++) s = _mm256_add_ps(s, a[i]);
+    float t8[8], r = 0;
+    _mm256_storeu_ps(t8, s);
+    for (int i = 0; i < 8; i++) r += t8[i];
+    return r;
+}
+
+/* 16 independent vdpbf16ps chains: 16 x 64 flops per iteration (32 bf16 products + 32 adds). */
+__attribute__((target("avx512f,avx512bf16"))) static float bf16_chain(long iters) {
+    __m512 a[16];
+    __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3380);
+    for (int i = 0; i < 16; i++) a[i] = _mm512_set1_ps((float)i);
+    for (long t = 0; t < iters; t++)
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) a[i] = _mm512_dpbf16_ps(a[i], x, y);
+    __m512 s = a[0];
+    for (int i = 1; i < 16; i++) s = _mm512_add_ps(s, a[i]);
+    return _mm512_reduce_add_ps(s);
+}
+#endif
+
+static void peak_task(void *arg, int t, int thread) {
+    (void)thread;
+    peak_job *j = arg;
+    float r = 0;
+#ifdef HAVE_X86
+    if (j->kind == 0) r = fma_chain_avx512(j->iters);
+    else if (j->kind == 1) r = fma_chain_avx2(j->iters);
+    else r = bf16_chain(j->iters);
+#endif
+    j->sink[t % 64] = r;
+}
+
+/* GFLOP/s of `kind` (0 avx512 fma, 1 avx2 fma, 2 bf16 dot) on all pool threads, best of 3. */
+static double measure_peak(int kind) {
+    int nt = pool_threads();
+    peak_job j = {.iters = PEAK_ITERS / (g_quick ? 10 : 1) / (kind == 1 ? 1 : 2), .kind = kind};
+    double flops_per_iter = kind == 0 ? 16 * 32 : kind == 1 ? 12 * 16 : 16 * 64;
+    double best = 0;
+    pool_run(nt, peak_task, &j); /* warm up (clocks, workers) */
+    for (int r = 0; r < 3; r++) {
+        double t0 = sd3_time();
+        pool_run(nt, peak_task, &j);
+        double dt = sd3_time() - t0, g = flops_per_iter * (double)j.iters * nt / dt * 1e-9;
+        if (g > best) best = g;
+    }
+    return best;
+}
+
+/* ================================================================================================ */
+/* Kernels                                                                                          */
+/* ================================================================================================ */
+
+static float *rnd(size_t n) {
+    float *p = sd3_malloc(sizeof(float) * n);
+    SD3_ASSERT(p);
+    uint32_t s = 12345;
+    for (size_t i = 0; i < n; i++) { s = s * 1664525u + 1013904223u; p[i] = (float)(s >> 8) / 16777216.0f - 0.5f; }
+    return p;
+}
+
+static tensor rnd_tensor(dtype dt, int64_t n0, int64_t n1) {
+    tensor t;
+    int64_t shape[2] = {n0, n1};
+    sd3_err e;
+    SD3_ASSERT(tensor_alloc(&t, dt, 2, shape, &e) == SD3_OK);
+    float *v = rnd((size_t)(n0 * n1));
+    if (dt == DT_F32) memcpy(t.data, v, sizeof(float) * (size_t)(n0 * n1));
+    else if (dt == DT_F16) f32_to_fp16_row(v, t.data, (size_t)(n0 * n1));
+    else f32_to_bf16_row(v, t.data, (size_t)(n0 * n1));
+    sd3_free(v);
+    return t;
+}
+
+/* Best-of-reps seconds of one k_linear call. */
+static double time_linear(int M, int N, int K, dtype dt, int reps) {
+    tensor W = rnd_tensor(dt, N, K);
+    float *x = rnd((size_t)M * K), *y = sd3_malloc(sizeof(float) * (size_t)M * N);
+    float bv[1];
+    (void)bv;
+    k_linear(y, x, &W, NULL, M, N, K); /* warm */
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = sd3_time();
+        k_linear(y, x, &W, NULL, M, N, K);
+        double dt_ = sd3_time() - t0;
+        if (dt_ < best) best = dt_;
+    }
+    sd3_free(x); sd3_free(y); tensor_free(&W);
+    return best;
+}
+
+static double time_attention(int B, int H, int T, int D, int reps) {
+    int64_t HD = (int64_t)H * D;
+    float *qkv = rnd((size_t)(B * T * 3 * HD)), *o = sd3_malloc(sizeof(float) * (size_t)(B * T * HD));
+    attn_params p = {.B = B, .H = H, .Tq = T, .Tk = T, .D = D, .q_ld = 3 * HD, .k_ld = 3 * HD, .v_ld = 3 * HD, .o_ld = HD,
+                     .q_bstride = T * 3 * HD, .k_bstride = T * 3 * HD, .v_bstride = T * 3 * HD, .o_bstride = T * HD,
+                     .scale = 1.0f / sqrtf((float)D)};
+    k_attention(o, qkv, qkv + HD, qkv + 2 * HD, &p);
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = sd3_time();
+        k_attention(o, qkv, qkv + HD, qkv + 2 * HD, &p);
+        double dt = sd3_time() - t0;
+        if (dt < best) best = dt;
+    }
+    sd3_free(qkv); sd3_free(o);
+    return best;
+}
+
+static double time_conv(int C, int HW, int reps, double *flops) {
+    conv2d_params p = {.N = 1, .Cin = C, .H = HW, .W = HW, .Cout = C, .kh = 3, .kw = 3, .stride = 1, .pad_t = 1, .pad_b = 1,
+                       .pad_l = 1, .pad_r = 1};
+    tensor w = rnd_tensor(DT_F32, C, (int64_t)C * 9);
+    float *x = rnd((size_t)C * HW * HW), *y = sd3_malloc(sizeof(float) * (size_t)C * HW * HW);
+    k_conv2d(y, x, &w, NULL, &p);
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = sd3_time();
+        k_conv2d(y, x, &w, NULL, &p);
+        double dt = sd3_time() - t0;
+        if (dt < best) best = dt;
+    }
+    *flops = 2.0 * C * C * 9.0 * HW * HW;
+    sd3_free(x); sd3_free(y); tensor_free(&w);
+    return best;
+}
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) g_quick = 1;
+        else { fprintf(stderr, "usage: bench_kernels [--quick]\n"); return 2; }
+    }
+    double t_start = sd3_time();
+    const cpu_features *f = cpu_get();
+    int nt = pool_threads();
+    double peak32 = 0, peak16 = 0;
+#ifdef HAVE_X86
+    if (f->avx512f) peak32 = measure_peak(0);
+    else if (f->avx2 && f->fma) peak32 = measure_peak(1);
+    if (f->avx512_bf16) peak16 = measure_peak(2);
+#endif
+    printf("threads %d | linear variants: F32 %s, F16 %s, BF16 %s | attention %s\n", nt, k_linear_variant(DT_F32),
+           k_linear_variant(DT_F16), k_linear_variant(DT_BF16), k_attention_variant());
+    printf("peak fp32 FMA chain: %.1f GFLOP/s | peak bf16 dot chain: %.1f GFLOP/s\n", peak32, peak16);
+    if (peak32 <= 0) peak32 = 1;
+
+    int reps = g_quick ? 1 : 3;
+    struct { const char *name; int N, K; } shapes[] = {{"qkvo", 1536, 1536}, {"fc1", 6144, 1536}, {"fc2", 1536, 6144}};
+    int Ms[2] = {2048, 666};
+    dtype dts[3] = {DT_F32, DT_F16, DT_BF16};
+    double json_gemm[4][2][3];   /* [dtype (3 = bf16 mode)][M][shape] GFLOP/s */
+    double json_adaln[4];
+    memset(json_gemm, 0, sizeof json_gemm);
+    for (int d = 0; d < 4; d++) {
+        dtype dt = dts[d < 3 ? d : 2];
+        if (d == 3) {
+            if (!f->avx512_bf16) break;
+            k_set_precision(1);
+        }
+        double ref_peak = d == 3 ? (peak16 > 0 ? peak16 : peak32) : peak32;
+        for (int mi = 0; mi < 2; mi++)
+            for (int s = 0; s < 3; s++) {
+                int M = Ms[mi], N = shapes[s].N, K = shapes[s].K;
+                double t = time_linear(M, N, K, dt, reps), g = 2.0 * M * N * K / t * 1e-9;
+                json_gemm[d][mi][s] = g;
+                printf("linear %-4s M=%4d N=%4d K=%4d W=%-4s%s %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", shapes[s].name, M, N, K,
+                       dtype_name(dt), d == 3 ? " bf16-mode" : "", t * 1e3, g, g / ref_peak);
+            }
+        double t = time_linear(2, 9216, 1536, dt, reps * 3), gb = (double)9216 * 1536 * dtype_size(dt) / t * 1e-9;
+        json_adaln[d] = 2.0 * 2 * 9216 * 1536 / t * 1e-9;
+        printf("linear adaLN M=2 N=9216 K=1536 W=%-4s%s %8.2f ms %7.1f GFLOP/s  (weights streamed at %.1f GB/s)\n", dtype_name(dt),
+               d == 3 ? " bf16-mode" : "", t * 1e3, json_adaln[d], gb);
+        if (d == 3) k_set_precision(0);
+    }
+
+    int B = 2, H = 24, T = 1357, D = 64;
+    double ta = time_attention(B, H, T, D, g_quick ? 1 : 2), ga = 4.0 * B * H * (double)T * T * D / ta * 1e-9;
+    printf("attention B=%d H=%d T=%d D=%d: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", B, H, T, D, ta * 1e3, ga, ga / peak32);
+
+    double cflops;
+    double tc = time_conv(256, 64, g_quick ? 1 : 2, &cflops), gc = cflops / tc * 1e-9;
+    printf("conv2d 3x3 256->256 64x64 F32: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", tc * 1e3, gc, gc / peak32);
+
+    printf("bench_kernels took %.1f s\n", sd3_time() - t_start);
+    printf("{\"bench\":\"kernels\",\"threads\":%d,\"peak_fp32_gflops\":%.1f,\"peak_bf16_gflops\":%.1f,"
+           "\"gemm_f32_m2048\":{\"qkvo\":%.1f,\"fc1\":%.1f,\"fc2\":%.1f},\"gemm_f32_m666\":{\"qkvo\":%.1f,\"fc1\":%.1f,\"fc2\":%.1f},"
+           "\"gemm_f16w_m2048_fc1\":%.1f,\"gemm_bf16w_m2048_fc1\":%.1f,\"gemm_bf16mode_m2048_fc1\":%.1f,"
+           "\"adaln_m2_gflops\":{\"f32\":%.1f,\"f16\":%.1f,\"bf16\":%.1f},"
+           "\"attention_gflops\":%.1f,\"attention_ms\":%.2f,\"conv3x3_gflops\":%.1f,"
+           "\"gemm_f32_fc1_of_peak\":%.3f,\"attention_of_peak\":%.3f}\n",
+           nt, peak32, peak16, json_gemm[0][0][0], json_gemm[0][0][1], json_gemm[0][0][2], json_gemm[0][1][0],
+           json_gemm[0][1][1], json_gemm[0][1][2], json_gemm[1][0][1], json_gemm[2][0][1], json_gemm[3][0][1], json_adaln[0],
+           json_adaln[1], json_adaln[2], ga, ta * 1e3, gc, json_gemm[0][0][1] / peak32, ga / peak32);
+    return 0;
+}
