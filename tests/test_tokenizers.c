@@ -46,6 +46,7 @@ static int ids_equal_json(const int64_t *ids, size_t n, const cJSON *a) {
     return 1;
 }
 
+/* Print the first ids (for a failure report). */
 static void print_ids(const char *what, const int64_t *ids, size_t n) {
     printf("  %s:", what);
     for (size_t i = 0; i < n && i < 40; i++) printf(" %lld", (long long)ids[i]);
@@ -65,6 +66,7 @@ static int copy_file(const char *from, const char *to) {
     return w == n ? 0 : -1;
 }
 
+/* Write n bytes to a file (damaged tokenizer files). */
 static int write_file(const char *path, const void *data, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
@@ -75,6 +77,7 @@ static int write_file(const char *path, const void *data, size_t n) {
 
 /* ------------------------------------------------------------------------------------------------ */
 
+/* Every row of the Rust check file: ids identical to the Rust tokenizers library's. */
 static void test_rust_rows(const t5_tok *t5, const char *src) {
     char path[4200];
     snprintf(path, sizeof path, "%s/text/t5_tokenizer_rust_check.json", g_root);
@@ -121,6 +124,7 @@ static void check_clip(clip_tok *t, const char *text, const int64_t *want, size_
     if (!ok) print_ids("got", ids, 12);
 }
 
+/* The hand-checked CLIP ids of the golden README. */
 static void test_clip_examples(clip_tok *tl, clip_tok *tg) {
     /* golden README, "How the text side was verified" (values published in diffusers issue #4153) */
     const int64_t cat[] = { 49406, 320, 1125, 539, 320, 2368, 49407 };
@@ -220,6 +224,7 @@ static void test_bpe_equivalence(clip_tok *t) {
     CHECK(mism == 0, "%d of 400 words: heap BPE differs from the reference loop", mism);
 }
 
+/* Damaged folders and files, and invalid prompts: errors with a clear status, never a crash. */
 static void test_bad_input(clip_tok *tl, clip_tok *tg, t5_tok *t5) {
     sd3_err err = { 0 };
     char tmp[] = "/tmp/sd3_tok_XXXXXX";
@@ -373,6 +378,7 @@ static void test_t5_shapes(t5_tok *t5) {
           "t5 max_len 1 keeps only </s>");
 }
 
+/* Load the real SD3 tokenizers of the golden tiny-sd3 folder and run every group of checks. */
 int main(int argc, char **argv) {
     const char *root = argc > 1 ? argv[1] : getenv("SD3_GOLDEN");
     snprintf(g_root, sizeof g_root, "%s", root ? root : "../shared/golden");

@@ -248,6 +248,7 @@ static sd3_status load_specials(clip_tok *t, const char *folder, sd3_err *err) {
     return st;
 }
 
+/* Vocabulary, merges, byte symbols, then the special/added tokens of the folder's configs. */
 sd3_status clip_tok_load(clip_tok *t, const char *folder, sd3_err *err) {
     memset(t, 0, sizeof *t);
     char path[4096];
@@ -276,6 +277,7 @@ fail:
     return st;
 }
 
+/* Release everything a load or encode allocated; safe on a zeroed or failed tokenizer. */
 void clip_tok_free(clip_tok *t) {
     tok_strmap_free(&t->sym);
     free(t->sym_vocab);
@@ -303,8 +305,10 @@ static int merge_of(const clip_tok *t, int32_t a, int32_t b, uint32_t *rank, int
 
 typedef struct heap_ent { uint32_t rank; uint32_t pos; } heap_ent;
 
+/* Heap order: lowest merge rank first, leftmost position among equal ranks. */
 static int heap_less(heap_ent a, heap_ent b) { return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos); }
 
+/* Binary min-heap insert. */
 static void heap_push(heap_ent *h, size_t *n, heap_ent e) {
     size_t i = (*n)++;
     while (i > 0) {
@@ -316,6 +320,7 @@ static void heap_push(heap_ent *h, size_t *n, heap_ent e) {
     h[i] = e;
 }
 
+/* Binary min-heap: remove and return the top. */
 static heap_ent heap_pop(heap_ent *h, size_t *n) {
     heap_ent top = h[0], last = h[--(*n)];
     size_t i = 0;
@@ -495,10 +500,12 @@ static sd3_status pretokenize_word(clip_tok *t, const uint32_t *w, size_t n, cha
 /* One stretch of text between added tokens: BasicTokenizer clean-up, then the regex and BPE. */
 static sd3_status encode_text(clip_tok *t, const uint32_t *s, size_t n, tok_ids *out, sd3_err *err) {
     if (!n) return SD3_OK;
-    uint32_t *a = malloc(3 * n * sizeof *a), *b = malloc(12 * n * sizeof *b), *low = malloc(24 * n * sizeof *low);
-    char *bytes = malloc(24 * n * 4 + 4);
+    /* sizes: CJK spacing at most triples, canonical decomposition at most quadruples, lower-casing at
+     * most doubles a word, UTF-8 takes at most 4 bytes a code point */
+    uint32_t *a = malloc(3 * n * sizeof *a), *b = malloc(12 * n * sizeof *b), *low = NULL;
+    char *bytes = NULL;
     sd3_status st = SD3_OK;
-    if (!a || !b || !low || !bytes) { st = sd3_errf(err, SD3_ERR_NOMEM, "clip tokenizer: out of memory"); goto done; }
+    if (!a || !b) { st = sd3_errf(err, SD3_ERR_NOMEM, "clip tokenizer: out of memory"); goto done; }
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         uint32_t c = s[i];
@@ -510,6 +517,9 @@ static sd3_status encode_text(clip_tok *t, const uint32_t *s, size_t n, tok_ids 
         else a[m++] = c;
     }
     size_t nb = uc_nfc(a, m, b);
+    low = malloc((2 * nb + 1) * sizeof *low);
+    bytes = malloc(8 * nb + 4);
+    if (!low || !bytes) { st = sd3_errf(err, SD3_ERR_NOMEM, "clip tokenizer: out of memory"); goto done; }
     for (size_t i = 0; i < nb && st == SD3_OK;) {
         while (i < nb && uc_is_py_space(b[i])) i++;
         size_t j = i;
@@ -528,6 +538,7 @@ done:
     return st;
 }
 
+/* bos, then added tokens cut out leftmost-longest with the text between them encoded, then eos. */
 sd3_status clip_tok_encode_full(clip_tok *t, const char *text, size_t len, int64_t **ids, size_t *n, sd3_err *err) {
     *ids = NULL;
     *n = 0;
@@ -565,6 +576,7 @@ done:
     return SD3_OK;
 }
 
+/* The pipeline's call: truncate to 75 text ids between bos/eos, pad to 77 with the pad id. */
 sd3_status clip_tok_encode_n(clip_tok *t, const char *text, size_t len, int64_t ids[CLIP_TOK_LEN],
                              int64_t mask[CLIP_TOK_LEN], sd3_err *err) {
     int64_t *all;

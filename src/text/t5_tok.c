@@ -37,6 +37,8 @@ static sd3_status charsmap_parse(t5_tok *t, const unsigned char *b, size_t n, co
     return SD3_OK;
 }
 
+/* Darts-clone unit fields: child offset, label byte (with the leaf bit kept so leaves never match a
+ * label), has-leaf flag, leaf value. */
 static inline uint32_t du_offset(uint32_t u) { return (u >> 10) << ((u & (1u << 9)) >> 6); }
 static inline uint32_t du_label(uint32_t u) { return u & ((1u << 31) | 0xFFu); }
 static inline int du_has_leaf(uint32_t u) { return (u >> 8) & 1; }
@@ -297,6 +299,8 @@ static sd3_status added_from_json(t5_tok *t, const cJSON *list, const char *what
     return SD3_OK;
 }
 
+/* Model pieces and charsmap from the chosen file, then the added tokens (tokenizer.json's list, the
+ * folder's tokenizer_config.json, or T5's defaults), the eos/pad ids and the <unk> score. */
 sd3_status t5_tok_load_from(t5_tok *t, const char *folder, t5_source src, sd3_err *err) {
     memset(t, 0, sizeof *t);
     char sp[4096], js[4096], cfgp[4096];
@@ -354,8 +358,10 @@ sd3_status t5_tok_load_from(t5_tok *t, const char *folder, t5_source src, sd3_er
     return st;
 }
 
+/* spiece.model when the folder has one, else tokenizer.json. */
 sd3_status t5_tok_load(t5_tok *t, const char *folder, sd3_err *err) { return t5_tok_load_from(t, folder, T5_SRC_AUTO, err); }
 
+/* Release everything; safe on a zeroed or failed tokenizer. */
 void t5_tok_free(t5_tok *t) {
     tok_strmap_free(&t->pieces);
     free(t->scores);
@@ -372,6 +378,7 @@ void t5_tok_free(t5_tok *t) {
 
 typedef struct bytebuf { char *p; size_t n, cap; } bytebuf;
 
+/* Append n bytes (kept NUL-terminated); -1 when out of memory. */
 static int bb_put(bytebuf *b, const char *s, size_t n) {
     if (b->n + n + 1 > b->cap) {
         size_t nc = b->cap ? b->cap : 256;
@@ -481,17 +488,17 @@ static int encode_text(const t5_tok *t, const uint32_t *s, size_t n, tok_ids *ou
     bytebuf a = { 0 }, b = { 0 };
     int rc = normalize_precompiled(t, s, n, &a);
     if (!rc && a.n) {
-        /* strip trailing White_Space */
+        /* strip trailing White_Space (the pool is valid UTF-8: charsmap output or decoded text) */
         size_t end = a.n;
         while (end > 0) {
             size_t k = end - 1;
             while (k > 0 && ((unsigned char)a.p[k] & 0xC0) == 0x80) k--;
-            uint32_t *cp;
-            size_t ncp;
-            if (uc_utf8_decode(a.p + k, end - k, &cp, &ncp, NULL) != SD3_OK) break;
-            int ws = ncp == 1 && uc_is_white_space(cp[0]);
-            free(cp);
-            if (!ws) break;
+            const unsigned char *q = (const unsigned char *)a.p + k;
+            size_t l = end - k;
+            uint32_t cp = l == 1 ? q[0] : l == 2 ? ((q[0] & 0x1Fu) << 6) | (q[1] & 0x3Fu)
+                        : l == 3 ? ((q[0] & 0x0Fu) << 12) | ((q[1] & 0x3Fu) << 6) | (q[2] & 0x3Fu)
+                                 : ((q[0] & 0x07u) << 18) | ((q[1] & 0x3Fu) << 12) | ((q[2] & 0x3Fu) << 6) | (q[3] & 0x3Fu);
+            if (!uc_is_white_space(cp)) break;
             end = k;
         }
         /* spaces: runs of 2+ become one "▁", single ones "▁" */
@@ -532,6 +539,7 @@ static int encode_text(const t5_tok *t, const uint32_t *s, size_t n, tok_ids *ou
     return rc;
 }
 
+/* Added tokens cut out of the raw text, each stretch between them encoded, "</s>" appended. */
 sd3_status t5_tok_encode_full(const t5_tok *t, const char *text, size_t len, int64_t **ids, size_t *n, sd3_err *err) {
     *ids = NULL;
     *n = 0;
@@ -572,6 +580,7 @@ sd3_status t5_tok_encode_full(const t5_tok *t, const char *text, size_t len, int
     return SD3_OK;
 }
 
+/* The pipeline's call: the first max_len-1 ids, "</s>", then padding with mask 0. */
 sd3_status t5_tok_encode_n(const t5_tok *t, const char *text, size_t len, int max_len, int64_t *ids, int64_t *mask,
                            sd3_err *err) {
     if (max_len < 1) return sd3_errf(err, SD3_ERR_INVALID_ARG, "t5 tokenizer: max_len %d < 1", max_len);

@@ -24,6 +24,7 @@ static size_t strmap_find(const tok_strmap *m, const char *key, size_t len, uint
     }
 }
 
+/* Look a key up (linear probing). */
 int tok_strmap_get(const tok_strmap *m, const char *key, size_t len, int32_t *val) {
     if (!m->cap) return 0;
     uint64_t h = tok_hash(key, len);
@@ -78,6 +79,7 @@ long tok_strmap_put(tok_strmap *m, const char *key, size_t len, int32_t val) {
     return (long)m->n++;
 }
 
+/* Release the table, entries and key arena. */
 void tok_strmap_free(tok_strmap *m) {
     free(m->slots);
     free(m->ent);
@@ -91,6 +93,7 @@ static uint64_t mix64(uint64_t x) {
     return x;
 }
 
+/* Look a key up (linear probing). */
 int tok_u64map_get(const tok_u64map *m, uint64_t key, uint64_t *val) {
     if (!m->cap) return 0;
     size_t mask = m->cap - 1, i = (size_t)mix64(key) & mask;
@@ -101,6 +104,7 @@ int tok_u64map_get(const tok_u64map *m, uint64_t key, uint64_t *val) {
     return 0;
 }
 
+/* Insert or overwrite, doubling the table past half full. */
 int tok_u64map_put(tok_u64map *m, uint64_t key, uint64_t val) {
     if ((m->n + 1) * 2 > m->cap) {
         size_t ncap = m->cap ? m->cap * 2 : 1024;
@@ -127,12 +131,14 @@ int tok_u64map_put(tok_u64map *m, uint64_t key, uint64_t val) {
     return 0;
 }
 
+/* Release the table. */
 void tok_u64map_free(tok_u64map *m) {
     free(m->keys);
     free(m->vals);
     memset(m, 0, sizeof *m);
 }
 
+/* Append one id, doubling the capacity when full. */
 int tok_ids_push(tok_ids *a, int64_t x) {
     if (a->n == a->cap) {
         size_t nc = a->cap ? a->cap * 2 : 64;
@@ -145,6 +151,7 @@ int tok_ids_push(tok_ids *a, int64_t x) {
     return 0;
 }
 
+/* Release the vector. */
 void tok_ids_free(tok_ids *a) {
     free(a->v);
     memset(a, 0, sizeof *a);

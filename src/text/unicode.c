@@ -69,6 +69,7 @@ int uc_utf8_encode(uint32_t cp, char buf[4]) {
     return 4;
 }
 
+/* Bytes of cp in UTF-8. */
 int uc_utf8_len(uint32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -115,6 +116,7 @@ uc_category uc_category_of(uint32_t cp) {
     return (uc_category)uct_gc_val[run_index(uct_gc_start, UCT_N_GC, cp)];
 }
 
+/* Canonical combining class from the run table. */
 int uc_ccc(uint32_t cp) {
     if (cp > UC_MAX) return 0;
     return uct_ccc_val[run_index(uct_ccc_start, UCT_N_CCC, cp)];
@@ -125,9 +127,11 @@ uc_gcb uc_gcb_of(uint32_t cp) {
     return (uc_gcb)uct_gcb_val[run_index(uct_gcb_start, UCT_N_GCB, cp)];
 }
 
+/* Extended_Pictographic and White_Space from their range tables. */
 int uc_is_ext_pict(uint32_t cp) { return in_ranges(uct_extpict, UCT_N_EXTPICT, cp); }
 int uc_is_white_space(uint32_t cp) { return in_ranges(uct_white, UCT_N_WHITE, cp); }
 
+/* Python str.isspace(): a short sorted list. */
 int uc_is_py_space(uint32_t cp) {
     size_t lo = 0, hi = UCT_N_PYSPACE;
     while (lo < hi) {
@@ -164,6 +168,7 @@ static uint32_t lower_sigma(const uint32_t *s, size_t n, size_t i) {
     return final_sigma ? 0x3C2 : 0x3C3;
 }
 
+/* str.lower(): ASCII inline, the generated mapping otherwise, the sigma rule for U+03A3. */
 size_t uc_lower_py(const uint32_t *in, size_t n, uint32_t *out) {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
@@ -203,6 +208,7 @@ static uint32_t compose_pair(uint32_t a, uint32_t b) {
     return 0;
 }
 
+/* NFC in three passes over out: decompose, reorder marks, compose. */
 size_t uc_nfc(const uint32_t *in, size_t n, uint32_t *out) {
     /* 1. full canonical decomposition */
     size_t d = 0;
@@ -255,6 +261,8 @@ size_t uc_nfc(const uint32_t *in, size_t n, uint32_t *out) {
 /* Grapheme clusters (UAX #29 extended grapheme clusters, rules GB3-GB13)                           */
 /* ------------------------------------------------------------------------------------------------ */
 
+/* Walk forward while no UAX #29 rule allows a break (GB9c, Unicode 15.1, is not applied: it only
+ * joins clusters already 6+ bytes long, which the T5 charsmap treats character by character anyway). */
 size_t uc_grapheme_end(const uint32_t *cps, size_t n, size_t i) {
     uc_gcb prev = uc_gcb_of(cps[i]);
     int ri_run = prev == UC_GCB_RI;              /* regional indicators ending at prev */

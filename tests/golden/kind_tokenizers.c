@@ -52,6 +52,7 @@ static int check_list(golden_case *gc, const cJSON *p, int idx, const char *key,
     return 1;
 }
 
+/* Tokenize every prompt with the three tokenizers and compare all tensors and untruncated id lists. */
 int golden_tokenizers(golden_case *gc) {
     const char *model = golden_model_dir(gc);
     if (!model) { golden_fail(gc, "case has no model_dir"); return 1; }
