@@ -409,6 +409,28 @@ int main(int argc, char **argv) {
     if (ok_l) test_bpe_equivalence(&tl);
     if (ok_l && ok_g && ok_s) test_bad_input(&tl, &tg, &t5s);
     if (ok_l && ok_s) test_long_prompt(&tl, &t5s);
+    /* the bare vocabulary folders of shared/tokenizers (no configs): the built-in defaults must give the
+     * same ids */
+    snprintf(dir, sizeof dir, "%s/../tokenizers/t5/spiece.model", g_root);
+    struct stat sb;
+    if (stat(dir, &sb) == 0) {
+        t5_tok bare;
+        snprintf(dir, sizeof dir, "%s/../tokenizers/t5", g_root);
+        int ok_b = t5_tok_load_from(&bare, dir, T5_SRC_SPIECE, &err) == SD3_OK;
+        CHECK(ok_b, "%s", err.msg);
+        if (ok_b) { test_rust_rows(&bare, "bare spiece.model, default added tokens"); t5_tok_free(&bare); }
+        clip_tok bc;
+        snprintf(dir, sizeof dir, "%s/../tokenizers/clip", g_root);
+        int ok_c = clip_tok_load(&bc, dir, &err) == SD3_OK;
+        CHECK(ok_c, "%s", err.msg);
+        if (ok_c) {
+            const int64_t cat[] = { 49406, 320, 1125, 539, 320, 2368, 49407 };
+            check_clip(&bc, "a photo of a cat", cat, 7, 49407, "bare clip folder");
+            clip_tok_free(&bc);
+        }
+    } else {
+        printf("  (no %s: bare-folder checks not run)\n", dir);
+    }
     if (ok_l) clip_tok_free(&tl);
     if (ok_g) clip_tok_free(&tg);
     if (ok_s) t5_tok_free(&t5s);
