@@ -370,6 +370,8 @@ static void test_attention(void) {
     test_attention_case(1, 1, 9, 9, 200, 0, 0, 0);
     test_attention_case(1, 1, 5, 300, 3, 0, 1, 0);
     test_attention_case(1, 2, 200, 200, 64, 0, 0, 1);
+    test_attention_case(2, 4, 150, 150, 64, 1, 0, 1);  /* enough heads for one task per head: several query chunks */
+    test_attention_case(2, 4, 130, 140, 40, 0, 1, 0);
 }
 
 /* ================================================================================================ */

@@ -7,9 +7,9 @@
 #include "kernels/cpu/kcpu.h"
 
 size_t kc_attn_scratch_floats(const attn_params *p) {
-    size_t Dp = (size_t)(p->D + 15) / 16 * 16;
-    /* Kt [Dp][BK] + S [BQ][BK] + O [BQ][Dp] + m, l, alpha [BQ] */
-    return Dp * KC_ATTN_BK + (size_t)KC_ATTN_BQ * KC_ATTN_BK + (size_t)KC_ATTN_BQ * Dp + 3 * KC_ATTN_BQ + 64;
+    size_t Dp = (size_t)(p->D + 15) / 16 * 16, Tkp = (size_t)(p->Tk + KC_ATTN_BK - 1) / KC_ATTN_BK * KC_ATTN_BK + KC_ATTN_BK;
+    /* S [BQ][BK] + O [BQ][Dp] + m, l, alpha [BQ] + K^T of every key [Dp][Tkp] */
+    return (size_t)KC_ATTN_BQ * KC_ATTN_BK + (size_t)KC_ATTN_BQ * Dp + 3 * KC_ATTN_BQ + 64 + Dp * Tkp;
 }
 
 /* Portable tile: one query row at a time, keys in tiles of BK, online softmax. */
@@ -57,7 +57,7 @@ typedef struct attn_job {
     float *o;
     const float *q, *k, *v;
     const attn_params *p;
-    int nqt;
+    int nqt, qchunk;
     float *scratch;
     size_t per;
 } attn_job;
@@ -66,7 +66,7 @@ static void attn_task(void *arg, int t, int thread) {
     attn_job *j = arg;
     const attn_params *p = j->p;
     int qt = t % j->nqt, bh = t / j->nqt, h = bh % p->H, b = bh / p->H;
-    int i0 = qt * KC_ATTN_BQ, i1 = i0 + KC_ATTN_BQ < p->Tq ? i0 + KC_ATTN_BQ : p->Tq;
+    int i0 = qt * j->qchunk, i1 = i0 + j->qchunk < p->Tq ? i0 + j->qchunk : p->Tq;
     float *scr = j->scratch + j->per * (size_t)thread;
     if (j->isa->attn_tile) j->isa->attn_tile(j->o, j->q, j->k, j->v, p, b, h, i0, i1, scr);
     else kc_attn_tile_portable(j->o, j->q, j->k, j->v, p, b, h, i0, i1, scr);
@@ -75,9 +75,12 @@ static void attn_task(void *arg, int t, int thread) {
 void kc_attention(const kc_isa *isa, float *o, const float *q, const float *k, const float *v, const attn_params *p) {
     if (p->B <= 0 || p->H <= 0 || p->Tq <= 0 || p->D <= 0) return;
     attn_job j = {.isa = isa, .o = o, .q = q, .k = k, .v = v, .p = p};
-    j.nqt = (p->Tq + KC_ATTN_BQ - 1) / KC_ATTN_BQ;
-    j.per = (kc_attn_scratch_floats(p) + 15) / 16 * 16;
     int nt = pool_threads();
+    /* a task per (batch, head) when there are enough of them (K^T is then packed once per head);
+     * otherwise per tile of KC_ATTN_BQ queries too */
+    j.qchunk = p->B * p->H >= 4 * nt ? p->Tq : KC_ATTN_BQ;
+    j.nqt = (p->Tq + j.qchunk - 1) / j.qchunk;
+    j.per = (kc_attn_scratch_floats(p) + 15) / 16 * 16;
     j.scratch = sd3_malloc(sizeof(float) * j.per * (size_t)nt);
     SD3_ASSERT(j.scratch);
     pool_run(p->B * p->H * j.nqt, attn_task, &j);

@@ -11,6 +11,7 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#include "kernels/cpu/simd_avx512.h"
 
 /* e^x for 16 lanes, see the top of the file. NaN stays NaN. */
 static inline __m512 exp512(__m512 x) {
@@ -70,11 +71,11 @@ void kc_act_avx512(int kind, float *y, const float *x, size_t n) {
 #define BQ KC_ATTN_BQ
 #define BK KC_ATTN_BK
 
-/* For R (1..4) query rows starting at local row r0: scores against the packed key tile Kt [D][BK]
+/* For R (1..4) query rows starting at local row r0: scores against the packed key tile Kt [D][ldkt]
  * (nk valid keys from j0), online-softmax update of m, l, alpha, and P (the unnormalised weights) into
  * S[r][0..BK). Masked keys (beyond nk, causal, -inf bias) get weight 0. */
 static inline __attribute__((always_inline)) void score_rows(const int R, const float *q, int64_t q_ld, int D, const float *Kt,
-                                                             int nk, int j0, int i_abs0, const attn_params *p, int h, float *S,
+                                                             int64_t ldkt, int nk, int j0, int i_abs0, const attn_params *p, int h, float *S,
                                                              float *m, float *l, float *alpha) {
     __m512 acc[4][4];
 #pragma GCC unroll 4
@@ -82,7 +83,7 @@ static inline __attribute__((always_inline)) void score_rows(const int R, const 
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
     for (int d = 0; d < D; d++) {
-        const float *kt = Kt + (int64_t)d * BK;
+        const float *kt = Kt + (int64_t)d * ldkt;
         __m512 k0 = _mm512_load_ps(kt), k1 = _mm512_load_ps(kt + 16), k2 = _mm512_load_ps(kt + 32), k3 = _mm512_load_ps(kt + 48);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
@@ -167,44 +168,63 @@ static inline __attribute__((always_inline)) void pv_rows(const int R, float *O,
     }
 }
 
-/* One (batch b, head h, queries [i0, i1)) task; see attention.c for the algorithm. */
-void kc_attn_tile_avx512(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h, int i0,
-                         int i1, float *scratch) {
-    int D = p->D, Dp = (D + 15) / 16 * 16, nq = i1 - i0;
-    float *Kt = scratch, *S = Kt + (size_t)Dp * BK, *O = S + (size_t)BQ * BK, *m = O + (size_t)BQ * Dp, *l = m + BQ,
-          *alpha = l + BQ;
-    const float *qb = q + b * p->q_bstride + (int64_t)i0 * p->q_ld + (int64_t)h * D;
-    const float *kb = k + b * p->k_bstride + (int64_t)h * D;
-    const float *vb = v + b * p->v_bstride + (int64_t)h * D;
-    for (int r = 0; r < nq; r++) { m[r] = -INFINITY; l[r] = 0.0f; }
-    memset(O, 0, sizeof(float) * (size_t)nq * Dp);
-    int Tk = p->Tk;
-    if (p->causal && i1 < Tk) Tk = i1;                 /* keys past the last query row are all masked */
-    for (int j0 = 0; j0 < Tk; j0 += BK) {
-        int nk = Tk - j0 < BK ? Tk - j0 : BK;
-        /* pack K^T for this key tile, zero-padded to BK keys */
-        for (int jj = 0; jj < nk; jj++) {
-            const float *kj = kb + (int64_t)(j0 + jj) * p->k_ld;
-            for (int d = 0; d < D; d++) Kt[(int64_t)d * BK + jj] = kj[d];
-        }
-        if (nk < BK)
-            for (int d = 0; d < D; d++) memset(Kt + (int64_t)d * BK + nk, 0, sizeof(float) * (size_t)(BK - nk));
-        int r = 0;
-        for (; r + 4 <= nq; r += 4) {
-            score_rows(4, qb + r * p->q_ld, p->q_ld, D, Kt, nk, j0, i0 + r, p, h, S + (int64_t)r * BK, m + r, l + r, alpha + r);
-            pv_rows(4, O + (int64_t)r * Dp, Dp, S + (int64_t)r * BK, alpha + r, vb + (int64_t)j0 * p->v_ld, p->v_ld, nk, D);
-        }
-        for (; r < nq; r++) {
-            score_rows(1, qb + r * p->q_ld, p->q_ld, D, Kt, nk, j0, i0 + r, p, h, S + (int64_t)r * BK, m + r, l + r, alpha + r);
-            pv_rows(1, O + (int64_t)r * Dp, Dp, S + (int64_t)r * BK, alpha + r, vb + (int64_t)j0 * p->v_ld, p->v_ld, nk, D);
+/* Pack K^T for keys [0, nk) of one head into Kt [D][ldkt] (zero beyond nk up to ldkt): 16x16 blocks
+ * transposed in registers. */
+static void pack_kt(float *Kt, int64_t ldkt, const float *kb, int64_t k_ld, int nk, int D) {
+    for (int j = 0; j < (int)ldkt; j += 16) {
+        int rows = nk - j < 16 ? (nk - j > 0 ? nk - j : 0) : 16;
+        for (int d = 0; d < D; d += 16) {
+            int dl = D - d < 16 ? D - d : 16;
+            __mmask16 m = dl == 16 ? (__mmask16)0xffff : (__mmask16)((1u << dl) - 1);
+            __m512 r[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) r[i] = i < rows ? _mm512_maskz_loadu_ps(m, kb + (int64_t)(j + i) * k_ld + d) : _mm512_setzero_ps();
+            transpose16(r);
+            for (int t = 0; t < dl; t++) _mm512_store_ps(Kt + (int64_t)(d + t) * ldkt + j, r[t]);
         }
     }
-    for (int r = 0; r < nq; r++) {
-        float *oi = o + b * p->o_bstride + (int64_t)(i0 + r) * p->o_ld + (int64_t)h * D;
-        __m512 inv = _mm512_set1_ps(1.0f / l[r]);
-        for (int d = 0; d < D; d += 16) {
-            __mmask16 mk = D - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (D - d)) - 1);
-            _mm512_mask_storeu_ps(oi + d, mk, _mm512_mul_ps(_mm512_load_ps(O + (int64_t)r * Dp + d), inv));
+}
+
+/* One (batch b, head h, queries [i0, i1)) task; see attention.c for the algorithm. K^T is packed once
+ * for all the keys the task needs, then the queries go in chunks of BQ over key tiles of BK. */
+void kc_attn_tile_avx512(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h, int i0,
+                         int i1, float *scratch) {
+    int D = p->D, Dp = (D + 15) / 16 * 16;
+    int Tk = p->Tk;
+    if (p->causal && i1 < Tk) Tk = i1;                 /* keys past the last query row are all masked */
+    int64_t ldkt = (int64_t)(Tk + BK - 1) / BK * BK;
+    if (ldkt == 0) ldkt = BK;
+    float *S = scratch, *O = S + (size_t)BQ * BK, *m = O + (size_t)BQ * Dp, *l = m + BQ, *alpha = l + BQ;
+    float *Kt = alpha + BQ + 16 - (BQ * 3) % 16;       /* keep Kt 64-byte aligned */
+    const float *kb = k + b * p->k_bstride + (int64_t)h * D;
+    const float *vb = v + b * p->v_bstride + (int64_t)h * D;
+    pack_kt(Kt, ldkt, kb, p->k_ld, Tk, D);
+    for (int c0 = i0; c0 < i1; c0 += BQ) {
+        int c1 = c0 + BQ < i1 ? c0 + BQ : i1, nq = c1 - c0;
+        int Tkc = p->causal && c1 < Tk ? c1 : Tk;
+        const float *qb = q + b * p->q_bstride + (int64_t)c0 * p->q_ld + (int64_t)h * D;
+        for (int r = 0; r < nq; r++) { m[r] = -INFINITY; l[r] = 0.0f; }
+        memset(O, 0, sizeof(float) * (size_t)nq * Dp);
+        for (int j0 = 0; j0 < Tkc; j0 += BK) {
+            int nk = Tkc - j0 < BK ? Tkc - j0 : BK;
+            const float *Ktj = Kt + j0;
+            int r = 0;
+            for (; r + 4 <= nq; r += 4) {
+                score_rows(4, qb + r * p->q_ld, p->q_ld, D, Ktj, ldkt, nk, j0, c0 + r, p, h, S + (int64_t)r * BK, m + r, l + r, alpha + r);
+                pv_rows(4, O + (int64_t)r * Dp, Dp, S + (int64_t)r * BK, alpha + r, vb + (int64_t)j0 * p->v_ld, p->v_ld, nk, D);
+            }
+            for (; r < nq; r++) {
+                score_rows(1, qb + r * p->q_ld, p->q_ld, D, Ktj, ldkt, nk, j0, c0 + r, p, h, S + (int64_t)r * BK, m + r, l + r, alpha + r);
+                pv_rows(1, O + (int64_t)r * Dp, Dp, S + (int64_t)r * BK, alpha + r, vb + (int64_t)j0 * p->v_ld, p->v_ld, nk, D);
+            }
+        }
+        for (int r = 0; r < nq; r++) {
+            float *oi = o + b * p->o_bstride + (int64_t)(c0 + r) * p->o_ld + (int64_t)h * D;
+            __m512 inv = _mm512_set1_ps(1.0f / l[r]);
+            for (int d = 0; d < D; d += 16) {
+                __mmask16 mk = D - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (D - d)) - 1);
+                _mm512_mask_storeu_ps(oi + d, mk, _mm512_mul_ps(_mm512_load_ps(O + (int64_t)r * Dp + d), inv));
+            }
         }
     }
 }

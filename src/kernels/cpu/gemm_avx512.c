@@ -6,6 +6,7 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 #include <immintrin.h>
+#include "kernels/cpu/simd_avx512.h"
 
 #define X_MR 12
 #define X_NR 32
@@ -140,35 +141,6 @@ static void cvt_row_avx512(const tensor *t, int64_t off, int n, float *dst) {
     } else {
         tensor_to_f32(t, off, n, dst);
     }
-}
-
-/* In-register transpose of a 16x16 float block: r[i] holds row i before, column i after. */
-static inline void transpose16(__m512 r[16]) {
-    __m512 t[16];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) {
-        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    /* r[4g + c] now holds columns c, c+4, c+8, c+12 (one per 128-bit lane) of rows 4g..4g+3 */
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; c++) {
-        __m512 x0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), x1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
-        __m512 y0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), y1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
-        t[c] = _mm512_shuffle_f32x4(x0, y0, 0x88);
-        t[c + 8] = _mm512_shuffle_f32x4(x0, y0, 0xDD);
-        t[c + 4] = _mm512_shuffle_f32x4(x1, y1, 0x88);
-        t[c + 12] = _mm512_shuffle_f32x4(x1, y1, 0xDD);
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
 /* 16 values of a row of a kc_rows matrix at element off (masked), widened to F32. */
