@@ -98,7 +98,8 @@ typedef struct sd3_gen_params {
     int n_skip_layers;
     float slg_start, slg_stop;  /* fractions of the steps where SLG applies (default 0.01, 0.2) */
     const char *init_image;     /* img2img: path of the init image (PNG/JPEG), NULL for txt2img */
-    float strength;             /* img2img strength in (0, 1] (default 0.6) */
+    double strength;            /* img2img strength in (0, 1] (default 0.6); a double as in Python, since
+                                   (int)(steps - steps * strength) decides the first step */
     const char *mask_image;     /* inpainting mask (white = repaint) */
     const char *latents_in;     /* optional initial latents (.safetensors with tensor "latents") */
     sd3_progress_fn progress;

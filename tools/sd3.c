@@ -96,13 +96,15 @@ static uint64_t parse_u64(const char *flag, const char *s) {
     return (uint64_t)v;
 }
 
-static float parse_float(const char *flag, const char *s) {
+static double parse_double(const char *flag, const char *s) {
     char *end;
     errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) die(2, "%s: '%s' is not a finite number", flag, s);
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || fabs(v) > 3.4e38) die(2, "%s: '%s' is not a finite number", flag, s);
     return v;
 }
+
+static float parse_float(const char *flag, const char *s) { return (float)parse_double(flag, s); }
 
 /* Comma-separated list of numbers into out (at most max). */
 static int parse_float_list(const char *flag, const char *s, float *out, int max) {
@@ -204,7 +206,7 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--slg-start")) gp.slg_start = parse_float(a, NEXT());
         else if (!strcmp(a, "--slg-stop")) gp.slg_stop = parse_float(a, NEXT());
         else if (!strcmp(a, "--init-img")) gp.init_image = NEXT();
-        else if (!strcmp(a, "--strength")) gp.strength = parse_float(a, NEXT());
+        else if (!strcmp(a, "--strength")) gp.strength = parse_double(a, NEXT());
         else if (!strcmp(a, "--mask")) gp.mask_image = NEXT();
         else if (!strcmp(a, "--latents")) gp.latents_in = NEXT();
         else if (!strcmp(a, "--save-latents")) save_latents = NEXT();

@@ -24,7 +24,7 @@ sd3_gen_params sd3_gen_params_default(void) {
     p.slg_scale = 0.0f;
     p.slg_start = 0.01f;
     p.slg_stop = 0.2f;
-    p.strength = 0.6f;
+    p.strength = 0.6;
     return p;
 }
 

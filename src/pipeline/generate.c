@@ -1,0 +1,247 @@
+/* generate.c — txt2img and img2img denoising as diffusers' SD3 pipelines (see generate.h). */
+#include <string.h>
+#include "core/rng.h"
+#include "io/json_util.h"
+#include "mmdit/mmdit.h"
+#include "pipeline/generate.h"
+#include "sample/flow.h"
+#include "vae/vae.h"
+
+void pipe_out_free(pipe_out *o) {
+    sd3_free(o->latents);
+    sd3_free(o->decoded);
+    memset(o, 0, sizeof *o);
+}
+
+/* Above this many output pixels the VAE runs tiled (diffusers' enable_tiling): an untiled 1024^2 SD3
+ * decode needs about 3 GiB of activations, tiles keep it bounded. Below it we run untiled, which is what
+ * diffusers' pipeline does by default, so the image is the same. */
+#define VAE_TILE_ABOVE_PIXELS (1536ll * 1536ll)
+
+static void tap(const pipe_taps *t, const char *name, int step, const float *x, int64_t n) {
+    if (t && t->fn) t->fn(t->user, name, step, x, n);
+}
+
+/* Open the VAE of the model: the pipeline's vae/ folder, or first_stage_model.* of a single file. */
+static sd3_status open_vae(const model_store *ms, vae_model *v, sd3_err *err) {
+    if (ms->kind == MS_SINGLE_FILE) return vae_open_file(v, ms->path, NULL, err);
+    const char *d = ms_component_dir(ms, "vae");
+    if (!d) return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: pipeline has no vae", ms->path);
+    return vae_open_dir(v, d, err);
+}
+
+static sd3_status open_mmdit(const model_store *ms, mmdit_model *m, sd3_err *err) {
+    if (ms->kind == MS_SINGLE_FILE) return mmdit_load_file(m, ms->path, NULL, err);
+    const char *d = ms_component_dir(ms, "transformer");
+    if (!d) return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: pipeline has no transformer", ms->path);
+    return mmdit_load_dir(m, d, err);
+}
+
+/* The scheduler from scheduler/scheduler_config.json (SD3's defaults for a single file), with an
+ * optional shift override. */
+static sd3_status open_scheduler(const model_store *ms, float shift, flow_sched *s, sd3_err *err) {
+    flow_config cfg = flow_config_default();
+    cfg.shift = 3.0;
+    if (ms->kind == MS_PIPELINE_DIR && ms_has(ms, "scheduler")) {
+        cJSON *j = ms_load_config(ms, "scheduler", err);
+        if (!j) return err ? err->status : SD3_ERR_IO;
+        sd3_status st = flow_config_from_json(j, &cfg, "scheduler/scheduler_config.json", err);
+        cJSON_Delete(j);
+        if (st) return st;
+    }
+    if (shift > 0) cfg.shift = shift;
+    return flow_create(s, &cfg, err);
+}
+
+/* img2img: encode the init image and build the starting latents (B, L, h, w) at the first timestep:
+ * posterior sample (noise draw 0), scaled, repeated over the batch, then scale_noise with draw 1. */
+static sd3_status img2img_latents(const model_store *ms, const pipe_req *r, torch_gen *g, flow_sched *sch, float t0,
+                                  int B, int L, int h, int w, float *latents, const pipe_taps *taps, sd3_err *err) {
+    vae_model v;
+    memset(&v, 0, sizeof v);
+    sd3_status s = open_vae(ms, &v, err);
+    if (s) return s;
+    int64_t hw = (int64_t)h * w, one = (int64_t)L * hw;
+    float *mom = sd3_malloc(sizeof(float) * 2 * one), *mean = sd3_malloc(sizeof(float) * one);
+    float *logvar = sd3_malloc(sizeof(float) * one), *noise = sd3_malloc(sizeof(float) * B * one);
+    if (!mom || !mean || !logvar || !noise) { s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory"); goto done; }
+    if (v.cfg.latent_channels != L) {
+        s = sd3_errf(err, SD3_ERR_SHAPE, "vae has %d latent channels, the transformer %d", v.cfg.latent_channels, L);
+        goto done;
+    }
+    s = (int64_t)r->height * r->width > VAE_TILE_ABOVE_PIXELS && vae_encode_wants_tiling(&v, r->height, r->width)
+            ? vae_encode_tiled(&v, r->init_image, 1, 3, r->height, r->width, mom, err)
+            : vae_encode(&v, r->init_image, 1, 3, r->height, r->width, mom, NULL, err);
+    if (s) goto done;
+    vae_moments_split(mom, 1, L, hw, mean, logvar);
+    tgen_randn(g, noise, one);                       /* random draw 0: the posterior sample */
+    tap(taps, "random_draw_0", -1, noise, one);
+    vae_posterior_sample(mean, logvar, noise, mean, (size_t)one);
+    vae_latents_from_encoder(&v.cfg, mean, mean, (size_t)one);
+    for (int b = 0; b < B; b++) memcpy(latents + b * one, mean, sizeof(float) * one);
+    tgen_randn(g, noise, B * one);                   /* random draw 1: the forward-process noise */
+    tap(taps, "random_draw_1", -1, noise, B * one);
+    s = flow_scale_noise(sch, t0, latents, noise, latents, B * one, err);
+done:
+    sd3_free(mom);
+    sd3_free(mean);
+    sd3_free(logvar);
+    sd3_free(noise);
+    vae_free(&v);
+    return s;
+}
+
+sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_taps *taps, pipe_out *o, sd3_err *err) {
+    memset(o, 0, sizeof *o);
+    sd3_status s;
+    int cfg = r->cfg_scale > 1.0f;
+    encode_req tr = r->text;
+    tr.cfg = cfg;
+    encode_out eo;
+    memset(&eo, 0, sizeof eo);
+    flow_sched sch;
+    memset(&sch, 0, sizeof sch);
+    mmdit_model m;
+    memset(&m, 0, sizeof m);
+    int have_m = 0;
+    float *lat2 = NULL, *ctx2 = NULL, *pool2 = NULL, *ts = NULL, *pred = NULL, *v = NULL, *skip_out = NULL;
+
+    /* 1. prompts (each text encoder loaded, run and released in turn) */
+    if ((s = encode_prompt(ms, &tr, &eo, err))) return s;
+    int B = eo.B, S = eo.S, J = eo.J, P = eo.P;
+
+    /* 2. scheduler */
+    if ((s = open_scheduler(ms, r->shift, &sch, err))) goto done;
+    flow_timesteps_opts fo;
+    memset(&fo, 0, sizeof fo);
+    fo.sigmas = r->sigmas;
+    int n_steps = r->sigmas ? r->n_sigmas : r->steps;
+
+    /* 3. transformer (needed for the latent shape) */
+    if ((s = open_mmdit(ms, &m, err))) goto done;
+    have_m = 1;
+    int L = m.cfg.in_channels, h = r->height / 8, w = r->width / 8;
+    if (sch.cfg.use_dynamic_shifting) {
+        int seq = (h / m.cfg.patch_size) * (w / m.cfg.patch_size);
+        fo.has_mu = 1;
+        fo.mu = flow_calculate_shift(seq, sch.cfg.base_image_seq_len, sch.cfg.max_image_seq_len, sch.cfg.base_shift,
+                                     sch.cfg.max_shift);
+    }
+    if ((s = flow_set_timesteps(&sch, n_steps, &fo, err))) goto done;
+    int t_start = 0;
+    if (r->init_image && (s = flow_img2img_begin(&sch, r->strength, &t_start, err))) goto done;
+    int n_run = sch.n_steps - t_start;
+    tap(taps, "timesteps", -1, sch.timesteps, sch.n_steps);
+    tap(taps, "sigmas", -1, sch.sigmas, sch.n_steps + 1);
+
+    /* 4. initial latents */
+    int64_t one = (int64_t)L * h * w, nlat = (int64_t)B * one;
+    o->B = B;
+    o->C = L;
+    o->h = h;
+    o->w = w;
+    o->latents = sd3_malloc(sizeof(float) * nlat);
+    int Bm = cfg ? 2 * B : B;
+    lat2 = sd3_malloc(sizeof(float) * Bm * one);
+    pred = sd3_malloc(sizeof(float) * Bm * one);
+    v = sd3_malloc(sizeof(float) * nlat);
+    ctx2 = sd3_malloc(sizeof(float) * (size_t)Bm * S * J);
+    pool2 = sd3_malloc(sizeof(float) * (size_t)Bm * P);
+    ts = sd3_malloc(sizeof(float) * Bm);
+    if (r->slg_scale > 0 && r->n_skip_layers > 0 && cfg) skip_out = sd3_malloc(sizeof(float) * nlat);
+    if (!o->latents || !lat2 || !pred || !v || !ctx2 || !pool2 || !ts || (r->slg_scale > 0 && cfg && r->n_skip_layers && !skip_out)) {
+        s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory for the denoising buffers");
+        goto done;
+    }
+    torch_gen g;
+    tgen_init(&g, r->seed, TGEN_KERNEL_AVX2);
+    if (r->init_image) {
+        /* the MMDiT is not needed while the VAE encodes: still mapped, its pages are only read later */
+        if ((s = img2img_latents(ms, r, &g, &sch, sch.timesteps[t_start], B, L, h, w, o->latents, taps, err))) goto done;
+    } else if (r->latents_in) {
+        memcpy(o->latents, r->latents_in, sizeof(float) * nlat);
+    } else {
+        tgen_randn(&g, o->latents, nlat);
+    }
+    tap(taps, "latents_init", -1, o->latents, nlat);
+
+    /* CFG batch order: [uncond; cond] */
+    if (cfg) {
+        memcpy(ctx2, eo.npe, sizeof(float) * (size_t)B * S * J);
+        memcpy(ctx2 + (size_t)B * S * J, eo.pe, sizeof(float) * (size_t)B * S * J);
+        memcpy(pool2, eo.npooled, sizeof(float) * (size_t)B * P);
+        memcpy(pool2 + (size_t)B * P, eo.pooled, sizeof(float) * (size_t)B * P);
+    } else {
+        memcpy(ctx2, eo.pe, sizeof(float) * (size_t)B * S * J);
+        memcpy(pool2, eo.pooled, sizeof(float) * (size_t)B * P);
+    }
+
+    /* 5. the denoising loop */
+    for (int i = 0; i < n_run; i++) {
+        double t0 = sd3_time();
+        float t = sch.timesteps[t_start + i];
+        memcpy(lat2, o->latents, sizeof(float) * nlat);
+        if (cfg) memcpy(lat2 + nlat, o->latents, sizeof(float) * nlat);
+        for (int b = 0; b < Bm; b++) ts[b] = t;
+        if ((s = mmdit_forward(&m, lat2, Bm, h, w, ctx2, S, pool2, ts, NULL, 0, pred, err))) goto done;
+        tap(taps, "noise_pred_raw", i, pred, (int64_t)Bm * one);
+        if (cfg) {
+            const float *u = pred, *c = pred + nlat;
+            for (int64_t k = 0; k < nlat; k++) v[k] = u[k] + r->cfg_scale * (c[k] - u[k]);
+            int slg = r->slg_scale > 0 && r->n_skip_layers > 0 && (double)i > n_run * (double)r->slg_start &&
+                      (double)i < n_run * (double)r->slg_stop;
+            if (slg) {
+                if ((s = mmdit_forward(&m, o->latents, B, h, w, eo.pe, S, eo.pooled, ts, r->skip_layers, r->n_skip_layers,
+                                       skip_out, err)))
+                    goto done;
+                for (int64_t k = 0; k < nlat; k++) v[k] = v[k] + (c[k] - skip_out[k]) * r->slg_scale;
+            }
+        } else {
+            memcpy(v, pred, sizeof(float) * nlat);
+        }
+        if ((s = flow_step(&sch, t, v, o->latents, o->latents, nlat, err))) goto done;
+        tap(taps, "latents", i, o->latents, nlat);
+        if (r->progress && r->progress(i + 1, n_run, sd3_time() - t0, r->progress_user)) {
+            s = sd3_errf(err, SD3_ERR_INVALID_ARG, "generation cancelled at step %d", i + 1);
+            goto done;
+        }
+    }
+    mmdit_free(&m);   /* release the transformer before the VAE comes in */
+    have_m = 0;
+
+    /* 6. decode */
+    if (r->decode) {
+        vae_model vm;
+        memset(&vm, 0, sizeof vm);
+        if ((s = open_vae(ms, &vm, err))) goto done;
+        int H = h * vae_downscale(&vm.cfg), W = w * vae_downscale(&vm.cfg);
+        float *z = sd3_malloc(sizeof(float) * nlat);
+        o->decoded = sd3_malloc(sizeof(float) * (size_t)B * 3 * H * W);
+        if (!z || !o->decoded) {
+            sd3_free(z);
+            vae_free(&vm);
+            s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory for the decode");
+            goto done;
+        }
+        vae_latents_to_decoder(&vm.cfg, o->latents, z, (size_t)nlat);
+        s = (int64_t)H * W > VAE_TILE_ABOVE_PIXELS && vae_decode_wants_tiling(&vm, h, w) ? vae_decode_tiled(&vm, z, B, L, h, w, o->decoded, err)
+                                               : vae_decode(&vm, z, B, L, h, w, o->decoded, NULL, err);
+        sd3_free(z);
+        vae_free(&vm);
+        if (s) goto done;
+    }
+    s = SD3_OK;
+done:
+    if (have_m) mmdit_free(&m);
+    flow_free(&sch);
+    encode_out_free(&eo);
+    sd3_free(lat2);
+    sd3_free(ctx2);
+    sd3_free(pool2);
+    sd3_free(ts);
+    sd3_free(pred);
+    sd3_free(v);
+    sd3_free(skip_out);
+    if (s) pipe_out_free(o);
+    return s;
+}
