@@ -232,15 +232,24 @@ int main(int argc, char **argv) {
     double tc = time_conv(256, 64, g_quick ? 1 : 2, &cflops), gc = cflops / tc * 1e-9;
     printf("conv2d 3x3 256->256 64x64 F32: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", tc * 1e3, gc, gc / peak32);
 
+    /* the peak again: if it moved, other processes shared the cores during the run */
+    double peak32_end = 0;
+#ifdef HAVE_X86
+    if (f->avx512f) peak32_end = measure_peak(0);
+    else if (f->avx2 && f->fma) peak32_end = measure_peak(1);
+#endif
+    int stable = peak32_end > 0.9 * peak32 && peak32_end < 1.1 * peak32;
+    printf("peak fp32 again at the end: %.1f GFLOP/s -> %s\n", peak32_end,
+           stable ? "machine steady, ratios meaningful" : "UNSTABLE: other processes used the cores, ratios unreliable");
     printf("bench_kernels took %.1f s\n", sd3_time() - t_start);
     printf("{\"bench\":\"kernels\",\"threads\":%d,\"peak_fp32_gflops\":%.1f,\"peak_bf16_gflops\":%.1f,"
            "\"gemm_f32_m2048\":{\"qkvo\":%.1f,\"fc1\":%.1f,\"fc2\":%.1f},\"gemm_f32_m666\":{\"qkvo\":%.1f,\"fc1\":%.1f,\"fc2\":%.1f},"
            "\"gemm_f16w_m2048_fc1\":%.1f,\"gemm_bf16w_m2048_fc1\":%.1f,\"gemm_bf16mode_m2048_fc1\":%.1f,"
            "\"adaln_m2_gflops\":{\"f32\":%.1f,\"f16\":%.1f,\"bf16\":%.1f},"
            "\"attention_gflops\":%.1f,\"attention_ms\":%.2f,\"conv3x3_gflops\":%.1f,"
-           "\"gemm_f32_fc1_of_peak\":%.3f,\"attention_of_peak\":%.3f}\n",
+           "\"gemm_f32_fc1_of_peak\":%.3f,\"attention_of_peak\":%.3f,\"peak_fp32_end_gflops\":%.1f,\"steady\":%s}\n",
            nt, peak32, peak16, json_gemm[0][0][0], json_gemm[0][0][1], json_gemm[0][0][2], json_gemm[0][1][0],
            json_gemm[0][1][1], json_gemm[0][1][2], json_gemm[1][0][1], json_gemm[2][0][1], json_gemm[3][0][1], json_adaln[0],
-           json_adaln[1], json_adaln[2], ga, ta * 1e3, gc, json_gemm[0][0][1] / peak32, ga / peak32);
+           json_adaln[1], json_adaln[2], ga, ta * 1e3, gc, json_gemm[0][0][1] / peak32, ga / peak32, peak32_end, stable ? "true" : "false");
     return 0;
 }

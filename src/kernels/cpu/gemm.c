@@ -123,17 +123,34 @@ typedef struct gemm_job {
     int NC, MC, n_nblk, n_mblk, KCb;
     float *scratch;               /* per thread: B block then A sliver (F32), then bf16 copies */
     size_t scratch_per_thread;    /* floats */
+    uint32_t *Aall;               /* bf16 mode: all of A as bf16 pairs */
+    size_t a_words;               /* words per MR-row sliver of Aall */
 } gemm_job;
 
 /* Convert a packed F32 sliver [kc][R] into bf16 pairs [ceil(kc/2)][R] (round to nearest even; an odd
  * last k is paired with zero). */
-static void to_bf16_pairs(const float *src, int kc, int R, uint32_t *dst) {
+static void to_bf16_pairs(const kc_isa *isa, const float *src, int kc, int R, uint32_t *dst) {
+    if (isa->to_bf16_pairs && isa->to_bf16_pairs(src, kc, R, dst)) return;
     for (int t = 0; t < (kc + 1) / 2; t++)
         for (int i = 0; i < R; i++) {
             uint32_t lo = f32_to_bf16(src[(int64_t)2 * t * R + i]);
             uint32_t hi = 2 * t + 1 < kc ? f32_to_bf16(src[(int64_t)(2 * t + 1) * R + i]) : 0;
             dst[(int64_t)t * R + i] = lo | hi << 16;
         }
+}
+
+/* bf16 mode: every MR-row sliver of A converted to bf16 pairs once per GEMM (activations, not weights),
+ * chunk k0 of sliver s at Aall + s * a_words + (k0 / 2) * MR. One task per sliver. */
+static void prepack_a_task(void *arg, int s, int thread) {
+    gemm_job *j = arg;
+    const kc_gemm *g = j->g;
+    int MR = j->isa->MR, m = s * MR, mr = g->M - m < MR ? g->M - m : MR;
+    float *tmp = j->scratch + j->scratch_per_thread * (size_t)thread + (size_t)j->NC * j->KCb;
+    for (int k0 = 0; k0 < g->K; k0 += j->KCb) {
+        int kc = g->K - k0 < j->KCb ? g->K - k0 : j->KCb;
+        g->pack_a(g->actx, j->isa, m, mr, k0, kc, MR, tmp);
+        to_bf16_pairs(j->isa, tmp, kc, MR, j->Aall + (size_t)s * j->a_words + (size_t)(k0 / 2) * MR);
+    }
 }
 
 /* One task: column block nb x row block mb, all of K. */
@@ -148,7 +165,7 @@ static void gemm_task(void *arg, int task, int thread) {
     float *Bp = j->scratch + j->scratch_per_thread * (size_t)thread;
     float *Ap = Bp + (size_t)j->NC * j->KCb;
     uint32_t *Bh = (uint32_t *)(Ap + (size_t)MR * j->KCb);
-    uint32_t *Ah = Bh + (size_t)j->NC * j->KCb / 2;
+    const uint32_t *Ah = NULL;
     int bf16 = g->bf16 && isa->ukr_bf16;
     int direct = !bf16 && isa->ukr_direct && g->pack_a == kc_pack_rows && ((const kc_rows *)g->actx)->f32 && !g->bias_m;
 
@@ -165,7 +182,7 @@ static void gemm_task(void *arg, int task, int thread) {
             int ns = n0 + s * NR, nr = n1 - ns < NR ? n1 - ns : NR;
             float *dst = Bp + (size_t)s * NR * kc;
             g->pack_b(g->bctx, isa, ns, nr, k0, kc, NR, dst);
-            if (bf16) to_bf16_pairs(dst, kc, NR, Bh + (size_t)s * NR * ((kc + 1) / 2));
+            if (bf16) to_bf16_pairs(isa, dst, kc, NR, Bh + (size_t)s * NR * ((kc + 1) / 2));
         }
         for (int m = m0; m < m1; m += MR) {
             int mr = m1 - m < MR ? m1 - m : MR;
@@ -179,8 +196,8 @@ static void gemm_task(void *arg, int task, int thread) {
                 }
                 continue;
             }
-            g->pack_a(g->actx, isa, m, mr, k0, kc, MR, Ap);
-            if (bf16) to_bf16_pairs(Ap, kc, MR, Ah);
+            if (bf16) Ah = j->Aall + (size_t)(m / MR) * j->a_words + (size_t)(k0 / 2) * MR;
+            else g->pack_a(g->actx, isa, m, mr, k0, kc, MR, Ap);
             for (int s = 0; s < nsl; s++) {
                 int ns = n0 + s * NR, nr = n1 - ns < NR ? n1 - ns : NR;
                 float *C = g->C + (int64_t)m * g->ldc + ns;
@@ -221,7 +238,15 @@ void kc_gemm_run(const kc_isa *isa, const kc_gemm *g) {
     j.scratch_per_thread = per;
     j.scratch = sd3_malloc(sizeof(float) * per * (size_t)(nthr < 1 ? 1 : nt));
     SD3_ASSERT(j.scratch);
+    if (g->bf16 && isa->ukr_bf16 && g->K > 0) {
+        int nsl = (g->M + MR - 1) / MR;
+        j.a_words = (size_t)(g->K + 1) / 2 * MR;
+        j.Aall = sd3_malloc(sizeof(uint32_t) * j.a_words * (size_t)nsl);
+        SD3_ASSERT(j.Aall);
+        pool_run(nsl, prepack_a_task, &j);
+    }
     pool_run(ntask, gemm_task, &j);
+    sd3_free(j.Aall);
     sd3_free(j.scratch);
 }
 

@@ -152,13 +152,14 @@ static inline __m512 load_row16(const kc_rows *c, int64_t off, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* kc_pack_rows for R a multiple of 16 and F32/F16/BF16 data: 16x16 blocks widened and transposed in
- * registers, written as whole aligned vectors. Returns 0 when it cannot handle the case. */
+/* kc_pack_rows for F32/F16/BF16 data: 16x16 blocks widened and transposed in registers, written as whole
+ * vectors (masked to R columns when R is no multiple of 16). Returns 0 when it cannot handle the case. */
 static int pack_rows_avx512(const void *vctx, int idx0, int cnt, int k0, int kc, int R, float *dst) {
     const kc_rows *c = vctx;
-    if (R % 16 || (!c->f32 && c->t->dt != DT_F32 && c->t->dt != DT_F16 && c->t->dt != DT_BF16)) return 0;
+    if (!c->f32 && c->t->dt != DT_F32 && c->t->dt != DT_F16 && c->t->dt != DT_BF16) return 0;
     for (int g = 0; g < R; g += 16) {
-        int rows = cnt - g < 16 ? cnt - g : 16;
+        int rows = cnt - g < 16 ? (cnt - g > 0 ? cnt - g : 0) : 16, width = R - g < 16 ? R - g : 16;
+        __mmask16 wm = width == 16 ? (__mmask16)0xffff : (__mmask16)((1u << width) - 1);
         for (int k = 0; k < kc; k += 16) {
             int kl = kc - k < 16 ? kc - k : 16;
             __mmask16 m = kl == 16 ? (__mmask16)0xffff : (__mmask16)((1u << kl) - 1);
@@ -167,7 +168,28 @@ static int pack_rows_avx512(const void *vctx, int idx0, int cnt, int k0, int kc,
             for (int i = 0; i < 16; i++)
                 r[i] = i < rows ? load_row16(c, (int64_t)(idx0 + g + i) * c->ld + k0 + k, m) : _mm512_setzero_ps();
             transpose16(r);
-            for (int t = 0; t < kl; t++) _mm512_store_ps(dst + (int64_t)(k + t) * R + g, r[t]);
+            if (width == 16 && R % 16 == 0)
+                for (int t = 0; t < kl; t++) _mm512_store_ps(dst + (int64_t)(k + t) * R + g, r[t]);
+            else
+                for (int t = 0; t < kl; t++) _mm512_mask_storeu_ps(dst + (int64_t)(k + t) * R + g, wm, r[t]);
+        }
+    }
+    return 1;
+}
+
+/* F32 sliver [kc][R] -> bf16 pairs [ceil(kc/2)][R] for R a multiple of 16: vcvtne2ps2bf16 rounds two
+ * k-rows to nearest even, a word permutation interleaves them into (k even, k odd) pairs. */
+static int to_bf16_pairs_avx512(const float *src, int kc, int R, uint32_t *dst) {
+    if (R % 16) return 0;
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+                                         19, 3, 18, 2, 17, 1, 16, 0);
+    for (int t = 0; t < (kc + 1) / 2; t++) {
+        const float *r0 = src + (int64_t)2 * t * R, *r1 = r0 + R;
+        int has1 = 2 * t + 1 < kc;
+        for (int i = 0; i < R; i += 16) {
+            __m512 lo = _mm512_loadu_ps(r0 + i), hi = has1 ? _mm512_loadu_ps(r1 + i) : _mm512_setzero_ps();
+            __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);   /* words 0..15 = lo, 16..31 = hi */
+            _mm512_storeu_si512((void *)(dst + (int64_t)t * R + i), _mm512_permutexvar_epi16(idx, both));
         }
     }
     return 1;
@@ -227,7 +249,7 @@ void kc_act_avx512(int kind, float *y, const float *x, size_t n);
 
 static const kc_isa g_avx512 = {
     .name = "avx512", .MR = X_MR, .NR = X_NR, .ukr = ukr_f32, .ukr_direct = ukr_f32_direct, .ukr_bf16 = ukr_bf16, .cvt_row = cvt_row_avx512,
-    .gemv = gemv_avx512, .pack_rows = pack_rows_avx512, .attn_tile = kc_attn_tile_avx512, .act = kc_act_avx512,
+    .gemv = gemv_avx512, .pack_rows = pack_rows_avx512, .to_bf16_pairs = to_bf16_pairs_avx512, .attn_tile = kc_attn_tile_avx512, .act = kc_act_avx512,
 };
 const kc_isa *kc_isa_avx512(void) { return &g_avx512; }
 

@@ -30,6 +30,8 @@ typedef struct kc_isa {
     void (*cvt_row)(const tensor *t, int64_t off, int n, float *dst);
     /* optional fast kc_pack_rows (returns 0 to decline) */
     int (*pack_rows)(const void *ctx, int idx0, int cnt, int k0, int kc, int R, float *dst);
+    /* optional fast F32 sliver -> bf16 pairs (see the driver; returns 0 to decline) */
+    int (*to_bf16_pairs)(const float *src, int kc, int R, uint32_t *dst);
     /* small-M linear: y[m, n] for n in [n0, n1), all m < M (M <= 4), W rows read and widened directly */
     void (*gemv)(float *y, const float *x, const tensor *W, const float *bias, int M, int N, int K, int n0, int n1);
     /* flash attention for one (batch, head, query tile); NULL = use the portable one */
