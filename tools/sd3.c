@@ -18,6 +18,8 @@
 #include "sd3.h"
 #include "io/image.h"
 #include "io/json_util.h"
+#include "core/core.h"
+#include "io/safetensors.h"
 
 #define MAX_SKIP 64
 #define MAX_SIGMAS 1000
@@ -153,6 +155,34 @@ static void check_output_path(const char *flag, const char *path) {
     if (access(dir, W_OK) != 0) die(1, "%s: %s: folder %s is not writable", flag, path, dir);
 }
 
+/* Number of "%d" in an output pattern, and whether any other '%' appears (we never pass it to printf). */
+static int count_pct_d(const char *s) {
+    int n = 0;
+    for (const char *p = strstr(s, "%d"); p; p = strstr(p + 2, "%d")) n++;
+    return n;
+}
+static int strchr_other_pct(const char *s) {
+    for (const char *p = strchr(s, '%'); p; p = strchr(p + 1, '%'))
+        if (p[1] != 'd') return 1;
+        else p++;
+    return 0;
+}
+
+/* The file name of image b: the pattern with %d replaced by b; for a batch without %d, "_b" goes before
+ * the extension (out.png -> out_0.png, out_1.png). */
+static void output_name(const char *pat, int b, int batch, char *out, size_t n) {
+    const char *d = strstr(pat, "%d");
+    if (d) {
+        snprintf(out, n, "%.*s%d%s", (int)(d - pat), pat, b, d + 2);
+    } else if (batch > 1) {
+        const char *dot = strrchr(pat, '.'), *slash = strrchr(pat, '/');
+        if (dot && (!slash || dot > slash)) snprintf(out, n, "%.*s_%d%s", (int)(dot - pat), pat, b, dot);
+        else snprintf(out, n, "%s_%d", pat, b);
+    } else {
+        snprintf(out, n, "%s", pat);
+    }
+}
+
 static int progress_cb(int step, int n, double sec, void *user) {
     int tty = *(int *)user;
     double eta = sec * (n - step);
@@ -171,7 +201,7 @@ static int cmd_generate(int argc, char **argv) {
     sd3_model_params mp = sd3_model_params_default();
     sd3_gen_params gp = sd3_gen_params_default();
     const char *out = "output.png", *save_latents = NULL;
-    int threads = 0, verbose = 0, have_seed = 0;
+    int threads = 0, verbose = 0, have_seed = 0, set_w = 0, set_h = 0;
     static float sigmas[MAX_SIGMAS];
     static int skip[MAX_SKIP];
     mp.model = "stabilityai/stable-diffusion-3-medium-diffusers";
@@ -191,8 +221,8 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "-n") || !strcmp(a, "--negative-prompt")) gp.negative_prompt = NEXT();
         else if (!strcmp(a, "--negative-prompt-2")) gp.negative_prompt_2 = NEXT();
         else if (!strcmp(a, "--negative-prompt-3")) gp.negative_prompt_3 = NEXT();
-        else if (!strcmp(a, "-W") || !strcmp(a, "--width")) gp.width = (int)parse_long(a, NEXT(), 1, 100000);
-        else if (!strcmp(a, "-H") || !strcmp(a, "--height")) gp.height = (int)parse_long(a, NEXT(), 1, 100000);
+        else if (!strcmp(a, "-W") || !strcmp(a, "--width")) { gp.width = (int)parse_long(a, NEXT(), 1, 100000); set_w = 1; }
+        else if (!strcmp(a, "-H") || !strcmp(a, "--height")) { gp.height = (int)parse_long(a, NEXT(), 1, 100000); set_h = 1; }
         else if (!strcmp(a, "--steps")) gp.steps = (int)parse_long(a, NEXT(), 1, 10000);
         else if (!strcmp(a, "--cfg")) gp.cfg_scale = parse_float(a, NEXT());
         else if (!strcmp(a, "--shift")) gp.shift = parse_float(a, NEXT());
@@ -224,7 +254,19 @@ static int cmd_generate(int argc, char **argv) {
         clock_gettime(CLOCK_REALTIME, &ts);
         gp.seed = ((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)getpid()) & 0xffffffffu;
     }
-    check_output_path("--output", out);
+    if (gp.init_image) {
+        /* read the init image now: a bad one is reported before any work; without -W/-H its size is used */
+        image im;
+        sd3_err err = {0};
+        if (image_load(&im, gp.init_image, &err) != SD3_OK) die(1, "--init-img: %s", err.msg);
+        if (!set_w) gp.width = im.w;
+        if (!set_h) gp.height = im.h;
+        image_free(&im);
+    }
+    if (count_pct_d(out) > 1 || strchr_other_pct(out)) die(2, "--output: only one %%d (the batch index) may appear in '%s'", out);
+    char first[4096];
+    output_name(out, 0, gp.batch, first, sizeof first);
+    check_output_path("--output", first);
     if (save_latents) check_output_path("--save-latents", save_latents);
 
     sd3_ctx_params cp = sd3_ctx_params_default();
@@ -236,13 +278,60 @@ static int cmd_generate(int argc, char **argv) {
     int tty = isatty(2);
     gp.progress = progress_cb;
     gp.progress_user = &tty;
-    fprintf(stderr, "seed %llu\n", (unsigned long long)gp.seed);
     if (sd3_load(ctx, &mp) != SD3_OK) die(1, "%s", sd3_last_error(ctx));
+    fprintf(stderr, "seed %llu\n", (unsigned long long)gp.seed);
     sd3_image *imgs = calloc((size_t)gp.batch, sizeof *imgs);
     float *lat = NULL;
+    double t0 = sd3_time();
     if (sd3_generate(ctx, &gp, imgs, save_latents ? &lat : NULL) != SD3_OK) die(1, "%s", sd3_last_error(ctx));
-    /* writing the outputs is added with the pipeline */
+    if (save_latents) {
+        sd3_err err = {0};
+        int64_t shape[4] = {gp.batch, 16, gp.height / 8, gp.width / 8};
+        st_writer *w = st_writer_new();
+        if (!w || st_writer_add(w, "latents", DT_F32, 4, shape, lat, &err) || st_writer_meta(w, "format", "sd3c-latents", &err) ||
+            st_writer_write(w, save_latents, &err))
+            die(1, "--save-latents: %s", err.msg[0] ? err.msg : "out of memory");
+        st_writer_free(w);
+        fprintf(stderr, "wrote %s\n", save_latents);
+    }
     free(lat);
+    for (int b = 0; b < gp.batch; b++) {
+        char path[4096], seedbuf[32], stepbuf[16], cfgbuf[32], shiftbuf[32], wbuf[16], hbuf[16], bbuf[32], strbuf[32];
+        output_name(out, b, gp.batch, path, sizeof path);
+        snprintf(seedbuf, sizeof seedbuf, "%llu", (unsigned long long)gp.seed);
+        snprintf(stepbuf, sizeof stepbuf, "%d", gp.steps);
+        snprintf(cfgbuf, sizeof cfgbuf, "%g", (double)gp.cfg_scale);
+        snprintf(shiftbuf, sizeof shiftbuf, "%g", gp.shift > 0 ? (double)gp.shift : 3.0);
+        snprintf(wbuf, sizeof wbuf, "%d", gp.width);
+        snprintf(hbuf, sizeof hbuf, "%d", gp.height);
+        snprintf(bbuf, sizeof bbuf, "%d of %d", b, gp.batch);
+        snprintf(strbuf, sizeof strbuf, "%g", gp.strength);
+        image_text tx[16];
+        int nt = 0;
+        tx[nt++] = (image_text){"prompt", gp.prompt};
+        if (gp.prompt_2) tx[nt++] = (image_text){"prompt_2", gp.prompt_2};
+        if (gp.prompt_3) tx[nt++] = (image_text){"prompt_3", gp.prompt_3};
+        tx[nt++] = (image_text){"negative_prompt", gp.negative_prompt ? gp.negative_prompt : ""};
+        tx[nt++] = (image_text){"seed", seedbuf};
+        tx[nt++] = (image_text){"steps", stepbuf};
+        tx[nt++] = (image_text){"cfg_scale", cfgbuf};
+        tx[nt++] = (image_text){"shift", shiftbuf};
+        tx[nt++] = (image_text){"width", wbuf};
+        tx[nt++] = (image_text){"height", hbuf};
+        tx[nt++] = (image_text){"batch_index", bbuf};
+        tx[nt++] = (image_text){"model", mp.model};
+        tx[nt++] = (image_text){"sampler", "flow-match euler (FlowMatchEulerDiscreteScheduler)"};
+        if (gp.init_image) tx[nt++] = (image_text){"strength", strbuf};
+        if (mp.no_t5) tx[nt++] = (image_text){"no_t5", "true"};
+        char sw[64];
+        snprintf(sw, sizeof sw, "sd3c %s", sd3_version());
+        tx[nt++] = (image_text){"software", sw};
+        image im = {imgs[b].width, imgs[b].height, imgs[b].rgb};
+        sd3_err err = {0};
+        if (image_write_png(&im, path, tx, nt, &err) != SD3_OK) die(1, "--output: %s", err.msg);
+        fprintf(stderr, "wrote %s\n", path);
+    }
+    if (verbose) fprintf(stderr, "total %.1fs, peak RSS %.0f MB\n", sd3_time() - t0, (double)sd3_peak_rss() / 1e6);
     for (int b = 0; b < gp.batch; b++) sd3_image_free(&imgs[b]);
     free(imgs);
     sd3_ctx_free(ctx);

@@ -1,24 +1,163 @@
-/* pipeline.c — text-to-image and image-to-image as diffusers' StableDiffusion3Pipeline does them.
- * (Being assembled as the components land; until then sd3_generate says so.) */
+/* pipeline.c — the public generation calls: resolve the model, turn an sd3_gen_params into a pipeline
+ * request (prompts, seeded noise or given latents, init image), run it, and hand back 8-bit images. */
+#include <math.h>
 #include <string.h>
+#include "io/image.h"
+#include "io/safetensors.h"
+#include "pipeline/generate.h"
 #include "pipeline/pipeline.h"
 
-void pipeline_unload(sd3_ctx *ctx) { ctx->loaded = 0; }
+void pipeline_unload(sd3_ctx *ctx) {
+    ms_close(ctx->ms);
+    ctx->ms = NULL;
+}
 
 sd3_status sd3_load(sd3_ctx *ctx, const sd3_model_params *mp) {
     sd3_err_clear(&ctx->err);
-    if (!mp || !mp->model) return sd3_errf(&ctx->err, SD3_ERR_INVALID_ARG, "model: no model given");
-    snprintf(ctx->model_path, sizeof ctx->model_path, "%s", mp->model);
+    pipeline_unload(ctx);
+    if (!mp || !mp->model || !*mp->model) return sd3_errf(&ctx->err, SD3_ERR_INVALID_ARG, "model: no model given");
+    if (mp->clip_l || mp->clip_g || mp->t5xxl || mp->vae)
+        return sd3_errf(&ctx->err, SD3_ERR_UNSUPPORTED,
+                        "--clip-l/--clip-g/--t5xxl/--vae: component overrides are not supported yet; use a diffusers folder");
+    sd3_status s = ms_open(&ctx->ms, mp->model, &ctx->err);
+    if (s != SD3_OK) {
+        if (ms_is_repo_id(mp->model) && s == SD3_ERR_NOT_FOUND) {
+            char msg[sizeof ctx->err.msg + 512];
+            snprintf(msg, sizeof msg, "%.700s. Download it first, e.g. `huggingface-cli download %s` (SD3 repos are gated: accept "
+                                      "the licence on huggingface.co and log in), or pass a folder with -m",
+                     ctx->err.msg, mp->model);
+            memcpy(ctx->err.msg, msg, sizeof ctx->err.msg - 1);
+            ctx->err.msg[sizeof ctx->err.msg - 1] = 0;
+        }
+        return s;
+    }
+    if (ctx->ms->kind == MS_SINGLE_FILE) {
+        pipeline_unload(ctx);
+        return sd3_errf(&ctx->err, SD3_ERR_UNSUPPORTED,
+                        "%s: single-file checkpoints load for the transformer and VAE, but generating from one needs the text "
+                        "encoders and tokenizers, which are not wired yet; use a diffusers folder", mp->model);
+    }
     ctx->model = *mp;
-    ctx->loaded = 1;
+    return SD3_OK;
+}
+
+/* Initial latents from a .safetensors file with an F32 tensor "latents" of shape (B, C, h, w). */
+static sd3_status read_latents(const char *path, int B, int C, int h, int w, float **out, sd3_err *err) {
+    st_file *f;
+    sd3_status s = st_open(&f, path, err);
+    if (s) return s;
+    tensor t;
+    if ((s = st_get(f, "latents", &t, err))) { st_close(f); return s; }
+    if (t.ndim != 4 || t.shape[0] != B || t.shape[1] != C || t.shape[2] != h || t.shape[3] != w) {
+        char have[96];
+        s = sd3_errf(err, SD3_ERR_SHAPE, "%s: tensor 'latents' has shape %s, expected [%d, %d, %d, %d]", path,
+                     tensor_shape_str(&t, have, sizeof have), B, C, h, w);
+        st_close(f);
+        return s;
+    }
+    int64_t n = tensor_numel(&t);
+    float *buf = sd3_malloc(sizeof(float) * n);
+    if (!buf) { st_close(f); return sd3_errf(err, SD3_ERR_NOMEM, "%s: out of memory", path); }
+    if (t.dt != DT_F32 && t.dt != DT_F16 && t.dt != DT_BF16) {
+        sd3_free(buf);
+        st_close(f);
+        return sd3_errf(err, SD3_ERR_SHAPE, "%s: tensor 'latents' is %s, expected a float type", path, dtype_name(t.dt));
+    }
+    tensor_to_f32(&t, 0, n, buf);
+    st_close(f);
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(buf[i])) {
+            sd3_free(buf);
+            return sd3_errf(err, SD3_ERR_FORMAT, "%s: tensor 'latents' holds a NaN or infinity at element %lld", path, (long long)i);
+        }
+    *out = buf;
     return SD3_OK;
 }
 
 sd3_status sd3_generate(sd3_ctx *ctx, const sd3_gen_params *p, sd3_image *images, float **latents_out) {
-    (void)images;
-    (void)latents_out;
-    sd3_err_clear(&ctx->err);
-    sd3_status s = gen_params_check(p, &ctx->err);
+    sd3_err *err = &ctx->err;
+    sd3_err_clear(err);
+    sd3_status s = gen_params_check(p, err);
     if (s) return s;
-    return sd3_errf(&ctx->err, SD3_ERR_UNSUPPORTED, "generate: not implemented yet (the pipeline lands with issue 5)");
+    if (!ctx->ms) return sd3_errf(err, SD3_ERR_INVALID_ARG, "generate: no model loaded (call sd3_load first)");
+    if (p->mask_image) return sd3_errf(err, SD3_ERR_UNSUPPORTED, "--mask: inpainting is not implemented yet");
+
+    const char *prompt[1] = {p->prompt}, *prompt_2[1] = {p->prompt_2}, *prompt_3[1] = {p->prompt_3};
+    const char *neg[1] = {p->negative_prompt}, *neg_2[1] = {p->negative_prompt_2}, *neg_3[1] = {p->negative_prompt_3};
+    pipe_req r;
+    memset(&r, 0, sizeof r);
+    r.text.n_prompts = 1;
+    r.text.prompt = prompt;
+    r.text.prompt_2 = prompt_2;
+    r.text.prompt_3 = prompt_3;
+    r.text.negative = neg;
+    r.text.negative_2 = neg_2;
+    r.text.negative_3 = neg_3;
+    r.text.num_images_per_prompt = p->batch;
+    r.text.clip_skip = p->clip_skip;
+    r.text.max_sequence_length = p->max_sequence_length;
+    r.text.no_t5 = ctx->model.no_t5;
+    r.width = p->width;
+    r.height = p->height;
+    r.steps = p->steps;
+    r.cfg_scale = p->cfg_scale;
+    r.shift = p->shift;
+    r.sigmas = p->sigmas;
+    r.n_sigmas = p->n_sigmas;
+    r.seed = p->seed;
+    r.slg_scale = p->slg_scale;
+    r.slg_start = p->slg_start;
+    r.slg_stop = p->slg_stop;
+    r.skip_layers = p->skip_layers;
+    r.n_skip_layers = p->n_skip_layers;
+    r.decode = 1;
+    r.progress = p->progress;
+    r.progress_user = p->progress_user;
+
+    float *lat_in = NULL, *init = NULL;
+    if (p->latents_in && (s = read_latents(p->latents_in, p->batch, 16, p->height / 8, p->width / 8, &lat_in, err))) return s;
+    r.latents_in = lat_in;
+    if (p->init_image) {
+        image im;
+        if ((s = image_load(&im, p->init_image, err))) { sd3_free(lat_in); return s; }
+        if (im.w != p->width || im.h != p->height) {
+            s = sd3_errf(err, SD3_ERR_INVALID_ARG, "%s: image is %dx%d but %dx%d was asked for (resize it, or leave -W/-H out)",
+                         p->init_image, im.w, im.h, p->width, p->height);
+            image_free(&im);
+            sd3_free(lat_in);
+            return s;
+        }
+        init = sd3_malloc(sizeof(float) * 3 * (size_t)im.w * im.h);
+        if (!init) { image_free(&im); sd3_free(lat_in); return sd3_errf(err, SD3_ERR_NOMEM, "out of memory"); }
+        image_to_chw(&im, init);
+        image_free(&im);
+        r.init_image = init;
+        r.strength = p->strength;
+    }
+
+    pipe_out o;
+    s = pipe_generate(ctx->ms, &r, NULL, &o, err);
+    sd3_free(lat_in);
+    sd3_free(init);
+    if (s) return s;
+    int H = o.h * 8, W = o.w * 8;
+    for (int b = 0; b < o.B; b++) {
+        images[b].width = W;
+        images[b].height = H;
+        images[b].rgb = malloc((size_t)W * H * 3);
+        if (!images[b].rgb) {
+            for (int k = 0; k < b; k++) sd3_image_free(&images[k]);
+            pipe_out_free(&o);
+            return sd3_errf(err, SD3_ERR_NOMEM, "out of memory for the images");
+        }
+        image im = {W, H, images[b].rgb};
+        image_from_chw(&im, o.decoded + (size_t)b * 3 * H * W, H, W);
+    }
+    if (latents_out) {
+        size_t n = (size_t)o.B * o.C * o.h * o.w;
+        *latents_out = malloc(sizeof(float) * n);
+        if (*latents_out) memcpy(*latents_out, o.latents, sizeof(float) * n);
+    }
+    pipe_out_free(&o);
+    return SD3_OK;
 }

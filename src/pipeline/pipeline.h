@@ -1,16 +1,16 @@
-/* pipeline.h — internal side of the generation pipeline (the public calls are in sd3.h): the context
- * struct, which holds the resolved model and the memory policy's state. */
+/* pipeline.h — internal side of the public API (sd3.h): the context struct, which holds the resolved
+ * model and the last error. */
 #ifndef SD3_PIPELINE_H
 #define SD3_PIPELINE_H
 
 #include "core/core.h"
+#include "io/model_store.h"
 
 struct sd3_ctx {
     sd3_ctx_params params;
     sd3_err err;
-    sd3_model_params model;     /* as given to sd3_load (strings owned below) */
-    char model_path[4096];      /* resolved folder or single file */
-    int loaded;
+    sd3_model_params model;     /* as given to sd3_load */
+    model_store *ms;            /* the resolved model (NULL until sd3_load) */
 };
 
 /* Validate a request (see sd3_gen_params_check); err names the parameter. */

@@ -1,0 +1,148 @@
+/* test_cli.c — the sd3 command line end to end on the tiny golden pipeline: a seeded txt2img whose
+ * --save-latents must equal the golden latents made by diffusers with that seed, PNG metadata read back
+ * with `sd3 info`, and the bad-input matrix of the generate command (one-line error, non-zero exit, no
+ * output file left behind). */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "io/safetensors.h"
+#include "test.h"
+
+static char sd3_bin[4096], golden[2048], tmpdir[256];
+
+/* Run a shell command line, capturing stderr+stdout into out; returns the exit status. */
+static int run(char *out, size_t n, const char *fmt, ...) {
+    char cmd[16384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    char full[17000];
+    snprintf(full, sizeof full, "%s > %s/out.txt 2>&1", cmd, tmpdir);
+    int st = system(full);
+    char p[512];
+    snprintf(p, sizeof p, "%s/out.txt", tmpdir);
+    FILE *f = fopen(p, "r");
+    size_t k = f ? fread(out, 1, n - 1, f) : 0;
+    if (f) fclose(f);
+    out[k] = 0;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static int exists(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0;
+}
+
+/* Count the lines of s (the error must be one line). */
+static int lines(const char *s) {
+    int n = 0;
+    for (; *s; s++) n += *s == '\n';
+    return n;
+}
+
+/* A bad invocation: non-zero exit, exactly one line on stderr containing `want`, and no out.png. */
+static void expect_fail(const char *args, const char *want) {
+    char out[8192], png[512];
+    snprintf(png, sizeof png, "%s/out.png", tmpdir);
+    unlink(png);
+    int rc = run(out, sizeof out, "%s generate -m %s/tiny-sd3 -W 64 -H 64 --steps 2 --seed 1 -o %s %s", sd3_bin, golden, png, args);
+    CHECK(rc != 0, "'%s' exited 0", args);
+    CHECK(lines(out) == 1, "'%s' printed %d lines: %s", args, lines(out), out);
+    CHECK(strstr(out, want) != NULL, "'%s': error '%s' does not mention '%s'", args, out, want);
+    CHECK(!exists(png), "'%s' left %s behind", args, png);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    /* the sd3 binary sits at <build>/sd3, this test at <build>/tests/test_cli */
+    snprintf(sd3_bin, sizeof sd3_bin, "%s", argv[0]);
+    char *slash = strrchr(sd3_bin, '/');
+    if (slash) *slash = 0; else strcpy(sd3_bin, ".");
+    strcat(sd3_bin, "/../sd3");
+    const char *g = getenv("SD3_GOLDEN");
+    snprintf(golden, sizeof golden, "%s", g ? g : "../shared/golden");
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/sd3c_cli_XXXXXX");
+    if (!mkdtemp(tmpdir)) { printf("mkdtemp failed\n"); return 1; }
+    char out[16384];
+
+    /* 1. seeded txt2img == the golden case made with that seed (t2i_4steps_cfg7: seed 0, 4 steps, cfg 7) */
+    int rc = run(out, sizeof out, "%s -m %s/tiny-sd3 -p 'a photo of a cat' -W 64 -H 64 --steps 4 --cfg 7 --seed 0 "
+                                  "--save-latents %s/lat.safetensors -o %s/cat.png", sd3_bin, golden, tmpdir, tmpdir);
+    CHECK(rc == 0, "seeded generate failed: %s", out);
+    char p[512];
+    snprintf(p, sizeof p, "%s/lat.safetensors", tmpdir);
+    st_file *mine = NULL, *ref = NULL;
+    sd3_err err = {0};
+    char gp[4096];
+    snprintf(gp, sizeof gp, "%s/pipeline/t2i_4steps_cfg7.safetensors", golden);
+    CHECK(st_open(&mine, p, &err) == SD3_OK, "%s", err.msg);
+    CHECK(st_open(&ref, gp, &err) == SD3_OK, "%s", err.msg);
+    if (mine && ref) {
+        tensor a, b, bin;
+        CHECK(st_get(mine, "latents", &a, &err) == SD3_OK, "%s", err.msg);
+        CHECK(st_get(ref, "latents_out", &b, &err) == SD3_OK, "%s", err.msg);
+        CHECK(st_get(ref, "latents_in", &bin, &err) == SD3_OK, "%s", err.msg);
+        CHECK(tensor_numel(&a) == tensor_numel(&b), "latent sizes differ");
+        double worst = 0;
+        for (int64_t i = 0; i < tensor_numel(&a) && i < tensor_numel(&b); i++) {
+            double d = (double)tensor_get_f32(&a, i) - tensor_get_f32(&b, i);
+            if (d < 0) d = -d;
+            if (d > worst) worst = d;
+        }
+        /* 6e-05 = the case's suggested_atol for latents_out (golden JSON) */
+        CHECK(worst <= 6e-5, "CLI latents differ from diffusers' by %g", worst);
+        printf("seeded CLI latents vs golden: max |diff| %.3g (atol 6e-05)\n", worst);
+    }
+    st_close(mine);
+    st_close(ref);
+
+    /* 2. the PNG carries its parameters */
+    rc = run(out, sizeof out, "%s info %s/cat.png", sd3_bin, tmpdir);
+    CHECK(rc == 0 && strstr(out, "prompt: a photo of a cat") && strstr(out, "seed: 0") && strstr(out, "steps: 4"),
+          "sd3 info: %s", out);
+
+    /* 3. --latents in gives the same image as the seed that made them */
+    rc = run(out, sizeof out, "%s -m %s/tiny-sd3 -p 'a photo of a cat' -W 64 -H 64 --steps 4 --seed 99 --latents %s/lat0.safetensors "
+                              "-o %s/x.png", sd3_bin, golden, tmpdir, tmpdir);
+    CHECK(rc != 0 && strstr(out, "lat0.safetensors"), "missing latents file: %s", out);
+
+    /* 4. the bad-input matrix */
+    char f[512];
+    expect_fail("-p x -W 100", "multiples of 16");
+    expect_fail("-p x -H 0", "out of range");
+    expect_fail("-p x --steps 0", "--steps");
+    expect_fail("-p x --steps abc", "not an integer");
+    expect_fail("-p x --cfg nan", "--cfg");
+    expect_fail("-p x --init-img /nonexistent.png", "/nonexistent.png");
+    snprintf(f, sizeof f, "%s/garbage.png", tmpdir);
+    FILE *gf = fopen(f, "w");
+    fputs("this is not an image", gf);
+    fclose(gf);
+    char args[1024];
+    snprintf(args, sizeof args, "-p x --init-img %s", f);
+    expect_fail(args, "garbage.png");
+    snprintf(args, sizeof args, "-p x --init-img %s/cat.png --strength 0", tmpdir);
+    expect_fail(args, "strength");
+    snprintf(args, sizeof args, "-p x --init-img %s/cat.png --strength 1.5", tmpdir);
+    expect_fail(args, "strength");
+    expect_fail("-f /nonexistent/prompt.txt", "/nonexistent/prompt.txt");
+    expect_fail("", "no prompt");
+    expect_fail("-p x --bogus", "--bogus");
+    expect_fail("-p x --seed -3", "--seed");
+    expect_fail("-p x --batch 0", "--batch");
+    expect_fail("-p x -m /nonexistent/model", "/nonexistent/model");
+    expect_fail("-p x --slg-scale 2", "skip");
+    /* unwritable output: a folder that does not exist, and a directory as the output */
+    rc = run(out, sizeof out, "%s -m %s/tiny-sd3 -p x -W 64 -H 64 --steps 1 -o /nonexistent/dir/x.png", sd3_bin, golden);
+    CHECK(rc != 0 && strstr(out, "/nonexistent/dir"), "unwritable output: %s", out);
+    rc = run(out, sizeof out, "%s -m %s/tiny-sd3 -p x -W 64 -H 64 --steps 1 -o %s", sd3_bin, golden, tmpdir);
+    CHECK(rc != 0 && strstr(out, "is a directory"), "directory output: %s", out);
+
+    snprintf(args, sizeof args, "rm -rf %s", tmpdir);
+    if (system(args)) {}
+    TEST_MAIN_END("test_cli");
+}
