@@ -71,10 +71,21 @@ int mmdit_config_is_dual(const mmdit_config *cfg, int i);
 /* Weights: named after the diffusers keys (original single-file keys in the key table, mmdit_load.c) */
 /* ------------------------------------------------------------------------------------------------ */
 
+/* LoRA hook (filled and owned by src/lora/; see lora.h): one low-rank adapter on a Linear. The forward
+ * adds scale * (x A^T) B^T to the Linear's output for every adapter in the list, computing the rank-r
+ * products with k_linear (W + B A is never formed at run time). */
+typedef struct mmdit_lora_adapter {
+    tensor A;                              /* lora_A / lora_down [r, K], any float dtype */
+    tensor B;                              /* lora_B / lora_up [N, r] (may be a row slice of a fused qkv B) */
+    float scale;                           /* user scale x alpha / r */
+    struct mmdit_lora_adapter *next;
+} mmdit_lora_adapter;
+
 /* A Linear: weight [N, K], bias [N]. */
 typedef struct mmdit_linear {
     tensor weight;
     tensor bias;
+    mmdit_lora_adapter *lora;              /* LoRA hook: adapters applied at run time; NULL = plain Linear */
 } mmdit_linear;
 
 /* transformer_blocks.{i}.* — C = hidden, D = head_dim, F = 4C (FeedForward mult 4). */
@@ -122,6 +133,10 @@ typedef struct mmdit_model {
     int original_layout;                               /* loaded from a single-file checkpoint */
     weights w;                                         /* the files, when the model opened them */
     int owns_weights;
+    /* LoRA hook: src/lora/'s bookkeeping (attached adapters, fused weight copies) and the function that
+     * undoes it all; mmdit_free calls lora_release(m) first when set. NULL on a plain model. */
+    void *lora_state;
+    void (*lora_release)(struct mmdit_model *m);
 } mmdit_model;
 
 /* Load a diffusers transformer folder: <dir>/config.json + diffusion_pytorch_model[.fp16].safetensors
@@ -134,8 +149,21 @@ sd3_status mmdit_load_file(mmdit_model *m, const char *path, const char *config_
 /* Build the model over an already open weight set (diffusers keys, or the original keys with or without
  * "model.diffusion_model."), checking every tensor against cfg. w must outlive m (its tensors are views). */
 sd3_status mmdit_load_weights(mmdit_model *m, const weights *w, const mmdit_config *cfg, sd3_err *err);
-/* Free owned copies and, if owned, close the files. Safe on a zeroed or failed-load model. */
+/* Free owned copies and, if owned, close the files (after detaching any LoRA through m->lora_release).
+ * Safe on a zeroed or failed-load model. */
 void mmdit_free(mmdit_model *m);
+
+/* One Linear of a loaded model with its checkpoint names, for code that addresses Linears by key (LoRA). */
+typedef struct mmdit_named_linear {
+    mmdit_linear *lin;
+    char diffusers[96];   /* diffusers module path without ".weight": "transformer_blocks.3.attn.to_q" */
+    char original[96];    /* original single-file module path: "joint_blocks.3.x_block.attn.qkv" */
+    int part;             /* original is a fused [q; k; v]: this Linear is row third `part`; -1: whole */
+    int swap;             /* the original stores this Linear's two row halves swapped ([shift; scale]) */
+} mmdit_named_linear;
+/* Every Linear of m that the forward runs through its Linear helper (all but the patch-embedding conv),
+ * in a fixed order. Writes up to cap entries to out (may be NULL when cap is 0); returns the total count. */
+int mmdit_list_linears(mmdit_model *m, mmdit_named_linear *out, int cap);
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Forward                                                                                          */

@@ -468,6 +468,7 @@ sd3_status mmdit_load_file(mmdit_model *m, const char *path, const char *config_
 }
 
 void mmdit_free(mmdit_model *m) {
+    if (m->lora_release) m->lora_release(m); /* LoRA hook: restore fused weights, free adapters first */
     if (m->blocks) {
         for (int i = 0; i < m->cfg.num_layers; i++)
             for (int k = 0; k < N_BLOCK_KEYS; k++) {
@@ -481,4 +482,48 @@ void mmdit_free(mmdit_model *m) {
     tensor_free(&m->pos_embed_pos_embed);
     if (m->owns_weights) weights_close(&m->w);
     memset(m, 0, sizeof *m);
+}
+
+/* LoRA hook: the model's Linears with both checkpoint names, from the same key table the loader uses
+ * (top-level Linears first, then each block's in table order; the dual/non-dual norm1 entries and the
+ * entries whose conditions a block does not meet are skipped). */
+int mmdit_list_linears(mmdit_model *m, mmdit_named_linear *out, int cap) {
+    static const struct { const char *d, *o; int swap; size_t off; } TOP[] = {
+        {"time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0", 0,
+         offsetof(mmdit_model, time_text_embed_timestep_embedder_linear_1)},
+        {"time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2", 0,
+         offsetof(mmdit_model, time_text_embed_timestep_embedder_linear_2)},
+        {"time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0", 0,
+         offsetof(mmdit_model, time_text_embed_text_embedder_linear_1)},
+        {"time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2", 0,
+         offsetof(mmdit_model, time_text_embed_text_embedder_linear_2)},
+        {"context_embedder", "context_embedder", 0, offsetof(mmdit_model, context_embedder)},
+        {"norm_out.linear", "final_layer.adaLN_modulation.1", 1, offsetof(mmdit_model, norm_out_linear)},
+        {"proj_out", "final_layer.linear", 0, offsetof(mmdit_model, proj_out)},
+    };
+    int n = 0;
+    for (size_t k = 0; k < sizeof TOP / sizeof TOP[0]; k++, n++) {
+        if (n >= cap) continue;
+        out[n].lin = (mmdit_linear *)((char *)m + TOP[k].off);
+        snprintf(out[n].diffusers, sizeof out[n].diffusers, "%s", TOP[k].d);
+        snprintf(out[n].original, sizeof out[n].original, "%s", TOP[k].o);
+        out[n].part = -1;
+        out[n].swap = TOP[k].swap;
+    }
+    for (int i = 0; m->blocks && i < m->cfg.num_layers; i++) {
+        const mmdit_block *b = &m->blocks[i];
+        int have = (b->context_pre_only ? REQ_LAST : REQ_NOT_LAST) | (m->cfg.qk_norm ? REQ_QK : 0) |
+                   (b->dual ? REQ_DUAL : REQ_NOT_DUAL);
+        for (int k = 0; k < N_BLOCK_KEYS; k++, n++) {
+            const block_key *e = &BLOCK_KEYS[k];
+            if (!e->is_linear || (e->req & have) != e->req) { n--; continue; }
+            if (n >= cap) continue;
+            out[n].lin = (mmdit_linear *)((char *)&m->blocks[i] + e->off);
+            snprintf(out[n].diffusers, sizeof out[n].diffusers, "transformer_blocks.%d.%s", i, e->diffusers);
+            snprintf(out[n].original, sizeof out[n].original, "joint_blocks.%d.%s", i, e->original);
+            out[n].part = e->part;
+            out[n].swap = e->swap;
+        }
+    }
+    return n;
 }
