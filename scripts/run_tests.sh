@@ -11,10 +11,10 @@ run() {
   out=$("$@" 2>&1); rc=$?
   echo "$out" | grep -v '^ok ' | sed "s|^|[$name] |" | tail -n 40
   local line
-  line=$(echo "$out" | grep -E '([0-9]+) passed, ([0-9]+) failed' | tail -n 1)
+  line=$(echo "$out" | grep -oE '[0-9]+ passed, [0-9]+ failed' | tail -n 1)
   local p f
-  p=$(echo "$line" | sed -E 's/.* ?([0-9]+) passed, ([0-9]+) failed.*/\1/')
-  f=$(echo "$line" | sed -E 's/.* ?([0-9]+) passed, ([0-9]+) failed.*/\2/')
+  p=$(echo "$line" | awk '{print $1}')
+  f=$(echo "$line" | awk '{print $3}')
   [ -n "$line" ] || { p=0; f=1; echo "[$name] no result line (exit $rc)"; }
   if [ $rc -ne 0 ] && [ "$f" = 0 ]; then f=1; echo "[$name] exited $rc"; fi
   total_p=$((total_p + p)); total_f=$((total_f + f))
