@@ -36,6 +36,7 @@ BENCH_SRC := $(sort $(wildcard bench/*.c))
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all test golden bench asan clean info setup
+.SECONDARY:
 all: info $(BUILD)/sd3 $(BUILD)/golden $(TEST_BIN) $(BENCH_BIN)
 
 info:
