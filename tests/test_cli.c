@@ -110,7 +110,42 @@ int main(int argc, char **argv) {
                               "-o %s/x.png", sd3_bin, golden, tmpdir, tmpdir);
     CHECK(rc != 0 && strstr(out, "lat0.safetensors"), "missing latents file: %s", out);
 
-    /* 4. the bad-input matrix */
+    /* 4. sd3 tokenize: the README's hand-checked ids (diffusers issue #4153) */
+    rc = run(out, sizeof out, "%s tokenize -m %s/tiny-sd3 --no-padding 'a photo of a cat'", sd3_bin, golden);
+    CHECK(rc == 0 && !strcmp(out, "49406 320 1125 539 320 2368 49407\n"), "tokenize clip_l: %s", out);
+    rc = run(out, sizeof out, "%s tokenize -m %s/tiny-sd3 --tokenizer clip_g --no-padding '! !! !!!'", sd3_bin, golden);
+    CHECK(rc == 0 && !strcmp(out, "49406 0 0 0 0 0 0 49407\n"), "tokenize clip_g: %s", out);
+    rc = run(out, sizeof out, "%s tokenize -m %s/tiny-sd3 --tokenizer bert x", sd3_bin, golden);
+    CHECK(rc != 0 && strstr(out, "bert"), "tokenize bad tokenizer: %s", out);
+
+    /* 5. sd3 encode == the golden encode_prompt "basic" case */
+    rc = run(out, sizeof out, "%s encode -m %s/tiny-sd3 -p 'a photo of a cat' -o %s/cond.safetensors", sd3_bin, golden, tmpdir);
+    CHECK(rc == 0, "encode: %s", out);
+    snprintf(p, sizeof p, "%s/cond.safetensors", tmpdir);
+    snprintf(gp, sizeof gp, "%s/text/encode_prompt/basic.safetensors", golden);
+    mine = ref = NULL;
+    if (st_open(&mine, p, &err) == SD3_OK && st_open(&ref, gp, &err) == SD3_OK) {
+        const char *names[4] = {"prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds"};
+        for (int k = 0; k < 4; k++) {
+            tensor a, b;
+            int ok = st_get(mine, names[k], &a, &err) == SD3_OK && st_get(ref, names[k], &b, &err) == SD3_OK &&
+                     tensor_numel(&a) == tensor_numel(&b);
+            double worst = 0;
+            for (int64_t i = 0; ok && i < tensor_numel(&a); i++) {
+                double d = (double)tensor_get_f32(&a, i) - tensor_get_f32(&b, i);
+                if (d < 0) d = -d;
+                if (d > worst) worst = d;
+            }
+            /* 3e-4 = the largest suggested_atol of the encode_prompt cases (golden README table) */
+            CHECK(ok && worst <= 3e-4, "encode %s: max |diff| %g", names[k], worst);
+        }
+    } else {
+        CHECK(0, "encode output: %s", err.msg);
+    }
+    st_close(mine);
+    st_close(ref);
+
+    /* 6. the bad-input matrix */
     char f[512];
     expect_fail("-p x -W 100", "multiples of 16");
     expect_fail("-p x -H 0", "out of range");

@@ -19,7 +19,11 @@
 #include "io/image.h"
 #include "io/json_util.h"
 #include "core/core.h"
+#include "io/model_store.h"
 #include "io/safetensors.h"
+#include "pipeline/encode_prompt.h"
+#include "text/clip_tok.h"
+#include "text/t5_tok.h"
 
 #define MAX_SKIP 64
 #define MAX_SIGMAS 1000
@@ -74,6 +78,8 @@ static void usage(FILE *f) {
                "commands:\n"
                "  generate   text-to-image / image-to-image (default)\n"
                "  info       print the parameters stored in a generated PNG\n"
+               "  tokenize   print the token ids of a text (-m MODEL --tokenizer clip_l|clip_g|t5 TEXT)\n"
+               "  encode     write prompt embeddings to a .safetensors file (-m MODEL -p TEXT -o FILE)\n"
                "  version    print version and detected CPU features\n"
                "Run 'sd3 generate --help' for the generation options.\n");
 }
@@ -338,6 +344,139 @@ static int cmd_generate(int argc, char **argv) {
     return 0;
 }
 
+/* Resolve -m for the text subcommands (folder or HF cache repo id). */
+static model_store *open_model_or_die(const char *model) {
+    model_store *ms = NULL;
+    sd3_err err = {0};
+    if (ms_open(&ms, model, &err) != SD3_OK) die(1, "%s", err.msg);
+    if (ms->kind != MS_PIPELINE_DIR) die(1, "%s: tokenize/encode need a diffusers pipeline folder", model);
+    return ms;
+}
+
+/* sd3 tokenize -m MODEL --tokenizer clip_l|clip_g|t5 [--max-length N] "text": print the ids as the
+ * pipeline feeds them (padded), one line, space separated. */
+static int cmd_tokenize(int argc, char **argv) {
+    const char *model = "stabilityai/stable-diffusion-3-medium-diffusers", *which = "clip_l", *text = NULL;
+    int max_len = 256, full = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && i + 1 < argc) model = argv[++i];
+        else if (!strcmp(a, "--tokenizer") && i + 1 < argc) which = argv[++i];
+        else if (!strcmp(a, "--max-length") && i + 1 < argc) max_len = (int)parse_long(a, argv[++i], 1, 4096);
+        else if (!strcmp(a, "--no-padding")) full = 1;
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            printf("usage: sd3 tokenize [-m MODEL] [--tokenizer clip_l|clip_g|t5] [--max-length N (t5)] [--no-padding] TEXT\n");
+            return 0;
+        } else if (a[0] == '-' && a[1]) die(2, "tokenize: unknown option '%s'", a);
+        else if (!text) text = a;
+        else die(2, "tokenize: give the text as one argument (quote it)");
+    }
+    if (!text) die(2, "tokenize: no text");
+    const char *folder = !strcmp(which, "clip_l") ? "tokenizer" : !strcmp(which, "clip_g") ? "tokenizer_2"
+                       : !strcmp(which, "t5") ? "tokenizer_3" : NULL;
+    if (!folder) die(2, "--tokenizer: '%s' is not one of clip_l, clip_g, t5", which);
+    model_store *ms = open_model_or_die(model);
+    const char *dir = ms_component_dir(ms, folder);
+    if (!dir) die(1, "%s: the pipeline has no %s", model, folder);
+    sd3_err err = {0};
+    int64_t *ids = NULL;
+    size_t n = 0;
+    if (!strcmp(folder, "tokenizer_3")) {
+        t5_tok tok;
+        if (t5_tok_load(&tok, dir, &err) != SD3_OK) die(1, "%s", err.msg);
+        if (full) {
+            if (t5_tok_encode_full(&tok, text, strlen(text), &ids, &n, &err) != SD3_OK) die(1, "%s", err.msg);
+        } else {
+            ids = malloc(sizeof(int64_t) * 2 * (size_t)max_len);
+            if (!ids) die(1, "out of memory");
+            if (t5_tok_encode(&tok, text, max_len, ids, ids + max_len, &err) != SD3_OK) die(1, "%s", err.msg);
+            n = (size_t)max_len;
+        }
+        t5_tok_free(&tok);
+    } else {
+        clip_tok tok;
+        if (clip_tok_load(&tok, dir, &err) != SD3_OK) die(1, "%s", err.msg);
+        if (full) {
+            if (clip_tok_encode_full(&tok, text, strlen(text), &ids, &n, &err) != SD3_OK) die(1, "%s", err.msg);
+        } else {
+            ids = malloc(sizeof(int64_t) * 2 * CLIP_TOK_LEN);
+            if (!ids) die(1, "out of memory");
+            if (clip_tok_encode(&tok, text, ids, ids + CLIP_TOK_LEN, &err) != SD3_OK) die(1, "%s", err.msg);
+            n = CLIP_TOK_LEN;
+        }
+        clip_tok_free(&tok);
+    }
+    for (size_t i = 0; i < n; i++) printf(i ? " %lld" : "%lld", (long long)ids[i]);
+    printf("\n");
+    free(ids);
+    ms_close(ms);
+    return 0;
+}
+
+/* sd3 encode -m MODEL -p PROMPT [-n NEG] ... -o cond.safetensors: diffusers' encode_prompt, written as
+ * prompt_embeds / pooled_prompt_embeds (+ negative_*), for users who cache prompt embeddings. */
+static int cmd_encode(int argc, char **argv) {
+    const char *model = "stabilityai/stable-diffusion-3-medium-diffusers", *out = NULL;
+    const char *p1 = NULL, *p2 = NULL, *p3 = NULL, *n1 = NULL, *n2 = NULL, *n3 = NULL;
+    encode_req r;
+    memset(&r, 0, sizeof r);
+    r.n_prompts = 1;
+    r.num_images_per_prompt = 1;
+    r.cfg = 1;
+    r.max_sequence_length = 256;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+#define ARG() (i + 1 < argc ? argv[++i] : (die(2, "%s: missing value", a), (char *)NULL))
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = ARG();
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) p1 = ARG();
+        else if (!strcmp(a, "-f") || !strcmp(a, "--prompt-file")) p1 = read_prompt_file(ARG());
+        else if (!strcmp(a, "--prompt-2")) p2 = ARG();
+        else if (!strcmp(a, "--prompt-3")) p3 = ARG();
+        else if (!strcmp(a, "-n") || !strcmp(a, "--negative-prompt")) n1 = ARG();
+        else if (!strcmp(a, "--negative-prompt-2")) n2 = ARG();
+        else if (!strcmp(a, "--negative-prompt-3")) n3 = ARG();
+        else if (!strcmp(a, "--clip-skip")) r.clip_skip = (int)parse_long(a, ARG(), 0, 10);
+        else if (!strcmp(a, "--max-sequence-length")) r.max_sequence_length = (int)parse_long(a, ARG(), 1, 512);
+        else if (!strcmp(a, "--no-t5")) r.no_t5 = 1;
+        else if (!strcmp(a, "--no-negative")) r.cfg = 0;
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = ARG();
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            printf("usage: sd3 encode [-m MODEL] -p PROMPT [--prompt-2 T] [--prompt-3 T] [-n NEG] [--negative-prompt-2/3 T]\n"
+                   "                  [--clip-skip N] [--max-sequence-length N] [--no-t5] [--no-negative] -o cond.safetensors\n");
+            return 0;
+        } else die(2, "encode: unknown option '%s'", a);
+#undef ARG
+    }
+    if (!p1) die(2, "encode: no prompt: give -p TEXT or -f FILE");
+    if (!out) die(2, "encode: no output: give -o FILE.safetensors");
+    check_output_path("--output", out);
+    const char *a1[1] = {p1}, *a2[1] = {p2}, *a3[1] = {p3}, *b1[1] = {n1}, *b2[1] = {n2}, *b3[1] = {n3};
+    r.prompt = a1;
+    r.prompt_2 = a2;
+    r.prompt_3 = a3;
+    r.negative = b1;
+    r.negative_2 = b2;
+    r.negative_3 = b3;
+    model_store *ms = open_model_or_die(model);
+    sd3_err err = {0};
+    encode_out o;
+    if (encode_prompt(ms, &r, &o, &err) != SD3_OK) die(1, "%s", err.msg);
+    st_writer *w = st_writer_new();
+    int64_t se[3] = {o.B, o.S, o.J}, sp[2] = {o.B, o.P};
+    if (!w || st_writer_add(w, "prompt_embeds", DT_F32, 3, se, o.pe, &err) ||
+        st_writer_add(w, "pooled_prompt_embeds", DT_F32, 2, sp, o.pooled, &err) ||
+        (r.cfg && (st_writer_add(w, "negative_prompt_embeds", DT_F32, 3, se, o.npe, &err) ||
+                   st_writer_add(w, "negative_pooled_prompt_embeds", DT_F32, 2, sp, o.npooled, &err))) ||
+        st_writer_meta(w, "prompt", p1, &err) || st_writer_meta(w, "model", model, &err) || st_writer_write(w, out, &err))
+        die(1, "%s", err.msg[0] ? err.msg : "out of memory");
+    st_writer_free(w);
+    encode_out_free(&o);
+    ms_close(ms);
+    fprintf(stderr, "wrote %s (prompt_embeds [%d, %d, %d], pooled [%d, %d])\n", out, (int)se[0], (int)se[1], (int)se[2],
+            (int)sp[0], (int)sp[1]);
+    return 0;
+}
+
 static void print_text(const char *key, const char *value, void *user) {
     (void)user;
     printf("%s: %s\n", key, value);
@@ -358,6 +497,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "info")) return cmd_info(argc - 2, argv + 2);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
+    if (!strcmp(cmd, "encode")) return cmd_encode(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
     if (cmd[0] == '-') return cmd_generate(argc - 1, argv + 1);
     fprintf(stderr, "%s: error: unknown command '%s'\n", prog, cmd);
