@@ -434,13 +434,30 @@ static void test_attention(int B, int H, int D, int Tq, int Tk, int causal, int 
     for (int64_t i = 0; i < no; i++) e = fmax(e, fabs(o[i] - c.o[i]));
     CHECK(e < 1e-5, "double attention reference differs from k_attention by %g", e);
 
+    sd3_err err = {0};
     float *lse = NULL;
-    if (with_lse) {
+    if (with_lse) { /* against the log-sum-exp in double */
         lse = zeros((int64_t)B * H * Tq);
-        attention_lse(lse, q, kv, &p);
+        CHECK(attention_lse(lse, q, kv, &p, &err) == SD3_OK, "%s", err.msg);
+        double le = 0;
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < Tq; i++) {
+                    int nk = causal ? (i + 1 < Tk ? i + 1 : Tk) : Tk;
+                    double sum = 0;
+                    for (int j = 0; j < nk; j++) {
+                        double a = 0;
+                        for (int d = 0; d < D; d++)
+                            a += c.q[b * p.q_bstride + i * qld + h * D + d] * c.kv[b * p.k_bstride + j * 2 * C + h * D + d];
+                        a = a * p.scale + (bias ? bias[((int64_t)h * Tq + i) * Tk + j] : 0);
+                        sum += exp(a);
+                    }
+                    le = fmax(le, fabs(lse[((int64_t)b * H + h) * Tq + i] - log(sum)));
+                }
+        printf("  attention_lse max abs err vs double %.2e\n", le);
+        CHECK(le < 1e-5, "attention_lse off by %g", le);
     }
     float *dq = zeros(nq), *dkv = zeros(nkv);
-    sd3_err err = {0};
     CHECK(attention_backward(dq, dkv, dkv + C, G, q, kv, kv + C, o, lse, &p, &err) == SD3_OK, "%s", err.msg);
     /* the padding columns of q and dq must stay untouched (0) */
     double pad = 0;

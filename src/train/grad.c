@@ -330,23 +330,6 @@ static int att_nk(const attn_params *p, int i) {
     return p->causal ? (i + 1 < p->Tk ? i + 1 : p->Tk) : p->Tk;
 }
 
-/* log sum_j exp(scale q.k_j + bias_j) over nk keys (k rows k_ld apart), with a running max (online
- * softmax), accumulated in double. */
-static float row_lse(const float *qi, const float *k, int64_t k_ld, int nk, int D, float scale, const float *bias) {
-    double m = -INFINITY, l = 0;
-    for (int j = 0; j < nk; j++) {
-        const float *kj = k + (int64_t)j * k_ld;
-        float acc = 0.0f;
-        for (int d = 0; d < D; d++) acc += qi[d] * kj[d];
-        double s = (double)(acc * scale) + (bias ? bias[j] : 0.0f);
-        if (s > m) {
-            l = l * exp(m - s) + 1.0;
-            m = s;
-        } else l += exp(s - m);
-    }
-    return nk ? (float)(m + log(l)) : -INFINITY;
-}
-
 typedef struct att_job {
     float *lse;
     float *dq, *dk, *dv;
@@ -357,33 +340,73 @@ typedef struct att_job {
     int64_t scratch_n;
 } att_job;
 
-/* attention_lse for head (b, h) = task. */
-static void lse_task(void *arg, int task, int thread) {
-    const att_job *J = arg;
-    const attn_params *p = J->p;
-    int b = task / p->H, h = task % p->H;
-    for (int i = 0; i < p->Tq; i++) {
-        const float *qi = J->q + b * p->q_bstride + (int64_t)i * p->q_ld + (int64_t)h * p->D;
-        const float *kh = J->k + b * p->k_bstride + (int64_t)h * p->D;
-        const float *bias = p->bias ? p->bias + ((int64_t)h * p->Tq + i) * p->Tk : NULL;
-        J->lse[((int64_t)b * p->H + h) * p->Tq + i] = row_lse(qi, kh, p->k_ld, att_nk(p, i), p->D, p->scale, bias);
+/* lse of the Tq rows of one head from its contiguous Q [Tq,D] and K [Tk,D], per block of ATT_TILE
+ * queries: S = Q_blk K^T (k_matmul), then max and sum of exp per row (sum in double). S: ATT_TILE x Tk. */
+static void head_lse(float *L, const float *Q, const float *Kh, const attn_params *p, int h, float *S) {
+    const int Tq = p->Tq, Tk = p->Tk, D = p->D;
+    for (int i0 = 0; i0 < Tq; i0 += ATT_TILE) {
+        const int ni = Tq - i0 < ATT_TILE ? Tq - i0 : ATT_TILE;
+        k_matmul(S, Q + (int64_t)i0 * D, Kh, 1, ni, Tk, D, 1);
+        for (int a = 0; a < ni; a++) {
+            const int i = i0 + a, nk = att_nk(p, i);
+            const float *bias = p->bias ? p->bias + ((int64_t)h * Tq + i) * Tk : NULL;
+            float *sr = S + (int64_t)a * Tk, mx = -INFINITY;
+            for (int j = 0; j < nk; j++) {
+                sr[j] = sr[j] * p->scale + (bias ? bias[j] : 0.0f);
+                if (sr[j] > mx) mx = sr[j];
+            }
+            double sum = 0;
+            for (int j = 0; j < nk; j++) sum += expf(sr[j] - mx);
+            L[i] = nk ? mx + (float)log(sum) : -INFINITY;
+        }
     }
 }
 
-void attention_lse(float *lse, const float *q, const float *k, const attn_params *p) {
-    SD3_ASSERT(lse && q && k && p && p->B > 0 && p->H > 0 && p->D > 0);
-    att_job J = {.lse = lse, .q = q, .k = k, .p = p};
+/* Gather head h of batch item b of x (strided: bstride, ld) into dst [T, D]. */
+static void gather_head(float *dst, const float *x, int64_t bstride, int64_t ld, int b, int h, int T, int D) {
+    for (int t = 0; t < T; t++)
+        memcpy(dst + (int64_t)t * D, x + b * bstride + (int64_t)t * ld + (int64_t)h * D, sizeof(float) * (size_t)D);
+}
+
+/* attention_lse for head (b, h) = task (scratch: Q, K and one block of scores). */
+static void lse_task(void *arg, int task, int thread) {
+    const att_job *J = arg;
+    const attn_params *p = J->p;
+    const int b = task / p->H, h = task % p->H;
+    float *Q = J->scratch + (int64_t)thread * J->scratch_n, *Kh = Q + (int64_t)p->Tq * p->D;
+    float *S = Kh + (int64_t)p->Tk * p->D;
+    gather_head(Q, J->q, p->q_bstride, p->q_ld, b, h, p->Tq, p->D);
+    gather_head(Kh, J->k, p->k_bstride, p->k_ld, b, h, p->Tk, p->D);
+    head_lse(J->lse + ((int64_t)b * p->H + h) * p->Tq, Q, Kh, p, h, S);
+}
+
+sd3_status attention_lse(float *lse, const float *q, const float *k, const attn_params *p, sd3_err *err) {
+    SD3_ASSERT(lse && q && k && p && p->B >= 0 && p->H > 0 && p->D > 0 && p->Tq >= 0 && p->Tk >= 0);
+    if (p->B == 0 || p->Tq == 0) return SD3_OK;
+    int nt = pool_threads() < 1 ? 1 : pool_threads();
+    int64_t per = ((int64_t)p->Tq + p->Tk) * p->D + (int64_t)ATT_TILE * p->Tk;
+    float *scratch = per <= (int64_t)(SIZE_MAX / sizeof(float)) / nt ? sd3_malloc(sizeof(float) * (size_t)(per * nt))
+                                                                      : NULL;
+    if (!scratch)
+        return sd3_errf(err, SD3_ERR_NOMEM, "attention_lse: out of memory for %d x %lld floats of scratch", nt,
+                        (long long)per);
+    att_job J = {.lse = lse, .q = q, .k = k, .p = p, .scratch = scratch, .scratch_n = per};
     pool_run(p->B * p->H, lse_task, &J);
+    sd3_free(scratch);
+    return SD3_OK;
 }
 
 /* Floats of scratch one (b, h) of attention_backward needs. */
 static int64_t att_scratch_floats(const attn_params *p) {
-    int64_t D = p->D;
-    return 3 * (int64_t)p->Tq * D + 4 * (int64_t)p->Tk * D + 2 * (int64_t)p->Tq + 3 * ATT_TILE * ATT_TILE;
+    int64_t D = p->D, Tq = p->Tq, Tk = p->Tk;
+    return 3 * Tq * D + 5 * Tk * D + 2 * Tq + 3 * (int64_t)ATT_TILE * Tk;
 }
 
-/* Gradient of head (b, h) = task: gather the head contiguous, loop over query x key tiles recomputing
- * P from lse, accumulate dq, dk, dv in the gathered buffers, then add them to the outputs. */
+/* Gradient of head (b, h) = task: gather the head contiguous, then per block of ATT_TILE queries against
+ * all keys (products through k_matmul, which runs serially inside a pool task):
+ *     S = Q_blk K^T, dP = dO_blk V^T, P = exp(scale S + bias - lse), dS = scale P (dP - Di),
+ *     dQ_blk = dS K, dV += P^T dO_blk, dK += dS^T Q_blk,
+ * and finally add dq, dk, dv into the strided outputs. Only ATT_TILE x Tk scores live at a time. */
 static void att_bwd_task(void *arg, int task, int thread) {
     const att_job *J = arg;
     const attn_params *p = J->p;
@@ -392,8 +415,8 @@ static void att_bwd_task(void *arg, int task, int thread) {
     float *s = J->scratch + (int64_t)thread * J->scratch_n;
     float *Q = s, *dO = Q + (int64_t)Tq * D, *dQ = dO + (int64_t)Tq * D;
     float *Kh = dQ + (int64_t)Tq * D, *Vh = Kh + (int64_t)Tk * D, *dK = Vh + (int64_t)Tk * D;
-    float *dV = dK + (int64_t)Tk * D, *L = dV + (int64_t)Tk * D, *Di = L + Tq;
-    float *P = Di + Tq, *dP = P + ATT_TILE * ATT_TILE, *dS = dP + ATT_TILE * ATT_TILE;
+    float *dV = dK + (int64_t)Tk * D, *tmp = dV + (int64_t)Tk * D, *L = tmp + (int64_t)Tk * D, *Di = L + Tq;
+    float *S = Di + Tq, *dP = S + (int64_t)ATT_TILE * Tk, *T = dP + (int64_t)ATT_TILE * Tk;
 
     for (int i = 0; i < Tq; i++) {
         const float *qi = J->q + b * p->q_bstride + (int64_t)i * p->q_ld + hD;
@@ -407,67 +430,37 @@ static void att_bwd_task(void *arg, int task, int thread) {
         }
         Di[i] = (float)di;
     }
-    for (int j = 0; j < Tk; j++) {
-        memcpy(Kh + (int64_t)j * D, J->k + b * p->k_bstride + (int64_t)j * p->k_ld + hD, sizeof(float) * (size_t)D);
-        memcpy(Vh + (int64_t)j * D, J->v + b * p->v_bstride + (int64_t)j * p->v_ld + hD, sizeof(float) * (size_t)D);
-    }
-    memset(dQ, 0, sizeof(float) * (size_t)Tq * D);
+    gather_head(Kh, J->k, p->k_bstride, p->k_ld, b, h, Tk, D);
+    gather_head(Vh, J->v, p->v_bstride, p->v_ld, b, h, Tk, D);
     memset(dK, 0, sizeof(float) * (size_t)Tk * D);
     memset(dV, 0, sizeof(float) * (size_t)Tk * D);
-    for (int i = 0; i < Tq; i++) {
-        const float *bias = p->bias ? p->bias + ((int64_t)h * Tq + i) * Tk : NULL;
-        L[i] = J->lse_in ? J->lse_in[((int64_t)b * p->H + h) * Tq + i]
-                         : row_lse(Q + (int64_t)i * D, Kh, D, att_nk(p, i), D, p->scale, bias);
-    }
+    if (J->lse_in) memcpy(L, J->lse_in + ((int64_t)b * p->H + h) * Tq, sizeof(float) * (size_t)Tq);
+    else head_lse(L, Q, Kh, p, h, S);
 
     for (int i0 = 0; i0 < Tq; i0 += ATT_TILE) {
-        int ni = Tq - i0 < ATT_TILE ? Tq - i0 : ATT_TILE;
-        for (int j0 = 0; j0 < Tk; j0 += ATT_TILE) {
-            int nj = Tk - j0 < ATT_TILE ? Tk - j0 : ATT_TILE;
-            if (p->causal && j0 > i0 + ni - 1) break;
-            /* P = exp(scale Q K^T + bias - lse), dP = dO V^T, dS = P (dP - Di). */
-            for (int a = 0; a < ni; a++) {
-                const int i = i0 + a;
-                const float *qi = Q + (int64_t)i * D, *gi = dO + (int64_t)i * D;
-                const float *bias = p->bias ? p->bias + ((int64_t)h * Tq + i) * Tk : NULL;
-                for (int c = 0; c < nj; c++) {
-                    const int j = j0 + c;
-                    float pij = 0.0f, dpij = 0.0f;
-                    if (!(p->causal && j > i)) {
-                        const float *kj = Kh + (int64_t)j * D, *vj = Vh + (int64_t)j * D;
-                        float sc = 0.0f, gv = 0.0f;
-                        for (int d = 0; d < D; d++) {
-                            sc += qi[d] * kj[d];
-                            gv += gi[d] * vj[d];
-                        }
-                        sc = sc * p->scale + (bias ? bias[j] : 0.0f);
-                        pij = expf(sc - L[i]);
-                        dpij = gv;
-                    }
-                    P[a * ATT_TILE + c] = pij;
-                    dP[a * ATT_TILE + c] = dpij;
-                    dS[a * ATT_TILE + c] = pij * (dpij - Di[i]);
-                }
-            }
-            /* dV_j += sum_a P[a, j] dO_a;  dK_j += scale sum_a dS[a, j] Q_a;  dQ_a += scale sum_j dS[a, j] K_j. */
-            for (int a = 0; a < ni; a++) {
-                const int i = i0 + a;
-                const float *qi = Q + (int64_t)i * D, *gi = dO + (int64_t)i * D;
-                float *dqi = dQ + (int64_t)i * D;
-                for (int c = 0; c < nj; c++) {
-                    const int j = j0 + c;
-                    float pa = P[a * ATT_TILE + c], ds = dS[a * ATT_TILE + c] * p->scale;
-                    if (pa == 0.0f && ds == 0.0f) continue;
-                    float *dvj = dV + (int64_t)j * D, *dkj = dK + (int64_t)j * D;
-                    const float *kj = Kh + (int64_t)j * D;
-                    for (int d = 0; d < D; d++) {
-                        dvj[d] += pa * gi[d];
-                        dkj[d] += ds * qi[d];
-                        dqi[d] += ds * kj[d];
-                    }
-                }
+        const int ni = Tq - i0 < ATT_TILE ? Tq - i0 : ATT_TILE;
+        k_matmul(S, Q + (int64_t)i0 * D, Kh, 1, ni, Tk, D, 1);  /* S[ni,Tk] = Q_blk K^T */
+        k_matmul(dP, dO + (int64_t)i0 * D, Vh, 1, ni, Tk, D, 1); /* dP[ni,Tk] = dO_blk V^T */
+        for (int a = 0; a < ni; a++) {
+            const int i = i0 + a, nk = att_nk(p, i);
+            const float *bias = p->bias ? p->bias + ((int64_t)h * Tq + i) * Tk : NULL;
+            float *sr = S + (int64_t)a * Tk, *dr = dP + (int64_t)a * Tk;
+            for (int j = 0; j < Tk; j++) {
+                float pij = 0.0f;
+                if (j < nk) pij = expf(sr[j] * p->scale + (bias ? bias[j] : 0.0f) - L[i]);
+                sr[j] = pij;                                   /* S now holds P */
+                dr[j] = pij * (dr[j] - Di[i]) * p->scale;      /* dP now holds scale dS */
             }
         }
+        k_matmul(dQ + (int64_t)i0 * D, dP, Kh, 1, ni, D, Tk, 0); /* dQ_blk = dS K */
+        for (int a = 0; a < ni; a++)                             /* T[Tk,ni] = P^T */
+            for (int j = 0; j < Tk; j++) T[(int64_t)j * ni + a] = S[(int64_t)a * Tk + j];
+        k_matmul(tmp, T, dO + (int64_t)i0 * D, 1, Tk, D, ni, 0); /* P^T dO_blk */
+        for (int64_t x = 0; x < (int64_t)Tk * D; x++) dV[x] += tmp[x];
+        for (int a = 0; a < ni; a++)                             /* T = dS^T */
+            for (int j = 0; j < Tk; j++) T[(int64_t)j * ni + a] = dP[(int64_t)a * Tk + j];
+        k_matmul(tmp, T, Q + (int64_t)i0 * D, 1, Tk, D, ni, 0);  /* dS^T Q_blk */
+        for (int64_t x = 0; x < (int64_t)Tk * D; x++) dK[x] += tmp[x];
     }
 
     if (J->dq)

@@ -107,19 +107,20 @@ void silu_backward(float *dx, const float *dy, const float *x, size_t n);
 /* ---- attention ------------------------------------------------------------------------------ */
 
 /* Per-row log-sum-exp of the attention scores, lse[(b H + h) Tq + i] = log sum_j exp(scale q_i.k_j +
- * bias) over the unmasked keys (B H Tq floats), as attention_backward can take it; computed flash-style
- * (running max and sum over tiles of keys, nothing Tq x Tk stored). Same layout and attn_params as
- * k_attention. */
-void attention_lse(float *lse, const float *q, const float *k, const attn_params *p);
+ * bias) over the unmasked keys (B H Tq floats), as attention_backward can take it. Same layout and
+ * attn_params as k_attention; per (b, h) in parallel, per block of 64 queries against all keys (64 x Tk
+ * scores at a time). SD3_ERR_NOMEM if the scratch cannot be allocated. */
+sd3_status attention_lse(float *lse, const float *q, const float *k, const attn_params *p, sd3_err *err);
 
 /* Backward of o = softmax(scale q k^T + bias) v (k_attention, same attn_params and strided layouts).
  * Accumulates dq += ..., dk += ..., dv += ... (each optional), written in the q / k / v layouts of p
  * (token t, head h of batch b at b*X_bstride + t*X_ld + h*D), so they may be slices of one fused dqkv
  * buffer. d_o is in the o layout. Saved from the forward: q, k, v (post qk-norm) and o; lse (B H Tq, from
- * attention_lse) is optional: NULL recomputes it. No gradient flows to bias. Work: per (b, h) in
- * parallel (disjoint outputs, no atomics), over tiles of 64 queries x 64 keys, recomputing P = exp(S - lse)
- * per tile (FlashAttention-2's backward); scratch per (b, h) is the head's q, k, v, do, dq, dk, dv gathered
- * contiguous (7 T D floats) plus a few 64 x 64 tiles. SD3_ERR_NOMEM if that cannot be allocated. */
+ * attention_lse) is optional: NULL recomputes it. No gradient flows to bias. Work: per (b, h) in parallel
+ * (disjoint outputs, no atomics), per block of 64 queries against all keys, recomputing P = exp(S - lse)
+ * (FlashAttention-2's backward, products through k_matmul); nothing Tq x Tk is stored: scratch per
+ * thread is the head's q, k, v, do, dq, dk, dv gathered contiguous plus 3 blocks of 64 x Tk floats
+ * (about 3 T D + 5 T D + 192 T floats; 4 MB at T = 4429, D = 64). SD3_ERR_NOMEM if it cannot be allocated. */
 sd3_status attention_backward(float *dq, float *dk, float *dv, const float *d_o, const float *q, const float *k,
                               const float *v, const float *o, const float *lse, const attn_params *p,
                               sd3_err *err);
