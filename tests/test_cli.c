@@ -165,6 +165,10 @@ int main(int argc, char **argv) {
     snprintf(args, sizeof args, "-p x --init-img %s/cat.png --strength 1.5", tmpdir);
     expect_fail(args, "strength");
     expect_fail("-f /nonexistent/prompt.txt", "/nonexistent/prompt.txt");
+    snprintf(args, sizeof args, "-p x --mask %s/cat.png", tmpdir);
+    expect_fail(args, "init image");
+    snprintf(args, sizeof args, "-p x --init-img %s/cat.png --mask /nonexistent/mask.png", tmpdir);
+    expect_fail(args, "/nonexistent/mask.png");
     expect_fail("", "no prompt");
     expect_fail("-p x --bogus", "--bogus");
     expect_fail("-p x --seed -3", "--seed");

@@ -53,18 +53,21 @@ static sd3_status open_scheduler(const model_store *ms, float shift, flow_sched 
     return flow_create(s, &cfg, err);
 }
 
-/* img2img: encode the init image and build the starting latents (B, L, h, w) at the first timestep:
- * posterior sample (noise draw 0), scaled, repeated over the batch, then scale_noise with draw 1. */
+/* img2img / inpainting: encode the init image and build the starting latents (B, L, h, w) at the first
+ * timestep: posterior sample (noise draw 0), scaled, repeated over the batch (-> image_latents), then
+ * the forward-process noise (draw 1, kept in `noise`) and scale_noise (or the pure noise when inpainting
+ * at strength 1, as StableDiffusion3InpaintPipeline does). */
 static sd3_status img2img_latents(const model_store *ms, const pipe_req *r, torch_gen *g, flow_sched *sch, float t0,
-                                  int B, int L, int h, int w, float *latents, const pipe_taps *taps, sd3_err *err) {
+                                  int B, int L, int h, int w, float *latents, float *image_latents, float *noise,
+                                  const pipe_taps *taps, sd3_err *err) {
     vae_model v;
     memset(&v, 0, sizeof v);
     sd3_status s = open_vae(ms, &v, err);
     if (s) return s;
     int64_t hw = (int64_t)h * w, one = (int64_t)L * hw;
     float *mom = sd3_malloc(sizeof(float) * 2 * one), *mean = sd3_malloc(sizeof(float) * one);
-    float *logvar = sd3_malloc(sizeof(float) * one), *noise = sd3_malloc(sizeof(float) * B * one);
-    if (!mom || !mean || !logvar || !noise) { s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory"); goto done; }
+    float *logvar = sd3_malloc(sizeof(float) * one);
+    if (!mom || !mean || !logvar) { s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory"); goto done; }
     if (v.cfg.latent_channels != L) {
         s = sd3_errf(err, SD3_ERR_SHAPE, "vae has %d latent channels, the transformer %d", v.cfg.latent_channels, L);
         goto done;
@@ -78,17 +81,24 @@ static sd3_status img2img_latents(const model_store *ms, const pipe_req *r, torc
     tap(taps, "random_draw_0", -1, noise, one);
     vae_posterior_sample(mean, logvar, noise, mean, (size_t)one);
     vae_latents_from_encoder(&v.cfg, mean, mean, (size_t)one);
-    for (int b = 0; b < B; b++) memcpy(latents + b * one, mean, sizeof(float) * one);
+    for (int b = 0; b < B; b++) memcpy(image_latents + b * one, mean, sizeof(float) * one);
     tgen_randn(g, noise, B * one);                   /* random draw 1: the forward-process noise */
     tap(taps, "random_draw_1", -1, noise, B * one);
-    s = flow_scale_noise(sch, t0, latents, noise, latents, B * one, err);
+    if (r->mask && r->strength == 1.0) memcpy(latents, noise, sizeof(float) * B * one);
+    else s = flow_scale_noise(sch, t0, image_latents, noise, latents, B * one, err);
 done:
     sd3_free(mom);
     sd3_free(mean);
     sd3_free(logvar);
-    sd3_free(noise);
     vae_free(&v);
     return s;
+}
+
+/* The inpainting mask at latent resolution: torch's nearest interpolation from (H, W) to (h, w) picks
+ * pixel (floor(y * H / h), floor(x * W / w)). */
+static void mask_to_latent(const float *mask, int H, int W, int h, int w, float *out) {
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) out[y * w + x] = mask[(int64_t)(y * H / h) * W + (x * W / w)];
 }
 
 sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_taps *taps, pipe_out *o, sd3_err *err) {
@@ -105,6 +115,7 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
     memset(&m, 0, sizeof m);
     int have_m = 0;
     float *lat2 = NULL, *ctx2 = NULL, *pool2 = NULL, *ts = NULL, *pred = NULL, *v = NULL, *skip_out = NULL;
+    float *img_lat = NULL, *noise = NULL, *mask_lat = NULL, *proper = NULL;
 
     /* 1. prompts (each text encoder loaded, run and released in turn) */
     if ((s = encode_prompt(ms, &tr, &eo, err))) return s;
@@ -157,7 +168,17 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
     tgen_init(&g, r->seed, TGEN_KERNEL_AVX2);
     if (r->init_image) {
         /* the MMDiT is not needed while the VAE encodes: still mapped, its pages are only read later */
-        if ((s = img2img_latents(ms, r, &g, &sch, sch.timesteps[t_start], B, L, h, w, o->latents, taps, err))) goto done;
+        img_lat = sd3_malloc(sizeof(float) * nlat);
+        noise = sd3_malloc(sizeof(float) * nlat);
+        if (!img_lat || !noise) { s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory"); goto done; }
+        if ((s = img2img_latents(ms, r, &g, &sch, sch.timesteps[t_start], B, L, h, w, o->latents, img_lat, noise, taps, err)))
+            goto done;
+        if (r->mask) {
+            mask_lat = sd3_malloc(sizeof(float) * (size_t)h * w);
+            proper = sd3_malloc(sizeof(float) * nlat);
+            if (!mask_lat || !proper) { s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory"); goto done; }
+            mask_to_latent(r->mask, r->height, r->width, h, w, mask_lat);
+        }
     } else if (r->latents_in) {
         memcpy(o->latents, r->latents_in, sizeof(float) * nlat);
     } else {
@@ -200,6 +221,20 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
             memcpy(v, pred, sizeof(float) * nlat);
         }
         if ((s = flow_step(&sch, t, v, o->latents, o->latents, nlat, err))) goto done;
+        if (r->mask) {
+            /* inpainting (16-channel transformer): keep the unmasked part on the image's own trajectory,
+             * re-noised to the next timestep (the clean image latents after the last step) */
+            if (i < n_run - 1) {
+                if ((s = flow_scale_noise(&sch, sch.timesteps[t_start + i + 1], img_lat, noise, proper, nlat, err))) goto done;
+            } else {
+                memcpy(proper, img_lat, sizeof(float) * nlat);
+            }
+            int64_t hw = (int64_t)h * w;
+            for (int64_t k = 0; k < nlat; k++) {
+                float mk = mask_lat[k % hw];
+                o->latents[k] = (1.0f - mk) * proper[k] + mk * o->latents[k];
+            }
+        }
         tap(taps, "latents", i, o->latents, nlat);
         if (r->progress && r->progress(i + 1, n_run, sd3_time() - t0, r->progress_user)) {
             s = sd3_errf(err, SD3_ERR_INVALID_ARG, "generation cancelled at step %d", i + 1);
@@ -242,6 +277,10 @@ done:
     sd3_free(pred);
     sd3_free(v);
     sd3_free(skip_out);
+    sd3_free(img_lat);
+    sd3_free(noise);
+    sd3_free(mask_lat);
+    sd3_free(proper);
     if (s) pipe_out_free(o);
     return s;
 }

@@ -9,6 +9,9 @@
  * (randn (B, 16, h, w)) unless given. Then for each timestep: the MMDiT on [uncond, cond] (CFG when
  * guidance > 1), v = v_u + g (v_c - v_u), skip-layer guidance v += (v_c - v_skip) * slg for steps i with
  * n*start < i < n*stop, Euler step. Finally latents / scaling + shift -> VAE decode.
+ * Inpainting (StableDiffusion3InpaintPipeline with the 16-channel transformer): draws as img2img (pure
+ * noise at strength 1), and after every step latents = (1 - m) * image_latents re-noised to the next
+ * timestep + m * latents, with m the mask at latent resolution (nearest).
  */
 #ifndef SD3_GENERATE_H
 #define SD3_GENERATE_H
@@ -30,6 +33,7 @@ typedef struct pipe_req {
     const float *latents_in;    /* (B, 16, h, w) initial latents for txt2img, or NULL to draw them */
     const float *init_image;    /* img2img: (1, 3, height, width) in [-1, 1], or NULL for txt2img */
     double strength;            /* a double, as Python passes it: t_start = (int)(n - n * strength) */
+    const float *mask;          /* inpainting: (height, width) binarised mask, 1 = repaint (needs init_image) */
     int decode;                 /* run the VAE (else stop at the latents) */
     sd3_progress_fn progress;
     void *progress_user;

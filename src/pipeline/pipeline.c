@@ -74,13 +74,35 @@ static sd3_status read_latents(const char *path, int B, int C, int h, int w, flo
     return SD3_OK;
 }
 
+/* The inpainting mask as diffusers' mask_processor makes it: PIL convert("L") (L = (19595 R + 38470 G +
+ * 7471 B + 0x8000) >> 16), / 255, binarised at 0.5 (1 = repaint). Its size must be the image's. */
+static sd3_status read_mask(const char *path, int W, int H, float **out, sd3_err *err) {
+    image im;
+    sd3_status s = image_load(&im, path, err);
+    if (s) return s;
+    if (im.w != W || im.h != H) {
+        s = sd3_errf(err, SD3_ERR_INVALID_ARG, "%s: mask is %dx%d but the image is %dx%d", path, im.w, im.h, W, H);
+        image_free(&im);
+        return s;
+    }
+    float *m = sd3_malloc(sizeof(float) * (size_t)W * H);
+    if (!m) { image_free(&im); return sd3_errf(err, SD3_ERR_NOMEM, "out of memory"); }
+    for (int64_t i = 0; i < (int64_t)W * H; i++) {
+        const uint8_t *px = im.rgb + 3 * i;
+        uint32_t l = ((uint32_t)px[0] * 19595u + (uint32_t)px[1] * 38470u + (uint32_t)px[2] * 7471u + 0x8000u) >> 16;
+        m[i] = ((float)l / 255.0f) < 0.5f ? 0.0f : 1.0f;
+    }
+    image_free(&im);
+    *out = m;
+    return SD3_OK;
+}
+
 sd3_status sd3_generate(sd3_ctx *ctx, const sd3_gen_params *p, sd3_image *images, float **latents_out) {
     sd3_err *err = &ctx->err;
     sd3_err_clear(err);
     sd3_status s = gen_params_check(p, err);
     if (s) return s;
     if (!ctx->ms) return sd3_errf(err, SD3_ERR_INVALID_ARG, "generate: no model loaded (call sd3_load first)");
-    if (p->mask_image) return sd3_errf(err, SD3_ERR_UNSUPPORTED, "--mask: inpainting is not implemented yet");
 
     const char *prompt[1] = {p->prompt}, *prompt_2[1] = {p->prompt_2}, *prompt_3[1] = {p->prompt_3};
     const char *neg[1] = {p->negative_prompt}, *neg_2[1] = {p->negative_prompt_2}, *neg_3[1] = {p->negative_prompt_3};
@@ -135,10 +157,16 @@ sd3_status sd3_generate(sd3_ctx *ctx, const sd3_gen_params *p, sd3_image *images
         r.strength = p->strength;
     }
 
+    float *mask = NULL;
+    if (p->mask_image) {
+        if ((s = read_mask(p->mask_image, p->width, p->height, &mask, err))) { sd3_free(lat_in); sd3_free(init); return s; }
+        r.mask = mask;
+    }
     pipe_out o;
     s = pipe_generate(ctx->ms, &r, NULL, &o, err);
     sd3_free(lat_in);
     sd3_free(init);
+    sd3_free(mask);
     if (s) return s;
     int H = o.h * 8, W = o.w * 8;
     for (int b = 0; b < o.B; b++) {
