@@ -303,7 +303,7 @@ typedef struct ew_ctx {
     int op;
 } ew_ctx;
 
-enum { OP_LN, OP_RMS, OP_MOD, OP_GATE, OP_GELU, OP_SILU };
+enum { OP_LN, OP_RMS, OP_MOD, OP_GATE, OP_GELU, OP_SILU, OP_SOFTMAX };
 
 static double ew_loss(void *p) {
     ew_ctx *c = p;
@@ -317,6 +317,15 @@ static double ew_loss(void *p) {
         break;
     case OP_GELU: for (int64_t i = 0; i < n; i++) c->y[i] = d_gelu(c->x[i]); break;
     case OP_SILU: for (int64_t i = 0; i < n; i++) c->y[i] = d_silu(c->x[i]); break;
+    case OP_SOFTMAX:
+        for (int r = 0; r < c->rows; r++) {
+            const double *xr = c->x + (int64_t)r * c->C;
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < c->C; j++) mx = fmax(mx, xr[j]);
+            for (int j = 0; j < c->C; j++) sum += exp(xr[j] - mx);
+            for (int j = 0; j < c->C; j++) c->y[(int64_t)r * c->C + j] = exp(xr[j] - mx) / sum;
+        }
+        break;
     }
     return dot_g(c->y, c->G, n);
 }
@@ -324,7 +333,7 @@ static double ew_loss(void *p) {
 static void test_norms(void) {
     const int rows = 3, C = 7;
     const int64_t n = rows * C;
-    printf("layernorm / rmsnorm / modulate / gated_add / gelu_tanh / silu: rows %d C %d\n", rows, C);
+    printf("layernorm / rmsnorm / modulate / gated_add / gelu_tanh / silu / softmax: rows %d C %d\n", rows, C);
     float *x = frand_buf(n, 2), *G = frand_buf(n, 1);
     for (int i = 0; i < C; i++) x[i] += 3.0f; /* a row with a large mean */
     ew_ctx c = {.rows = rows, .C = C, .x = to_d(x, n), .G = G, .y = malloc(sizeof(double) * n)};
@@ -390,6 +399,13 @@ static void test_norms(void) {
     memset(dx, 0, sizeof(float) * n);
     silu_backward(dx, G, x, (size_t)n);
     fd_check("silu dx", ew_loss, &c, c.x, n, dx);
+    /* softmax: backward from the F32 forward's output */
+    c.op = OP_SOFTMAX;
+    memcpy(y, x, sizeof(float) * n);
+    k_softmax(y, rows, C);
+    memset(dx, 0, sizeof(float) * n);
+    softmax_backward(dx, G, y, rows, C);
+    fd_check("softmax dx", ew_loss, &c, c.x, n, dx);
 
     free(x), free(G), free(y), free(dx), free(w), free(dw), free(shift), free(scale), free(dsh), free(dsc);
     free(res), free(gate), free(dg), free(c.x), free(c.y);

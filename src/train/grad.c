@@ -325,6 +325,17 @@ void silu_backward(float *dx, const float *dy, const float *x, size_t n) {
 /* Attention                                                                                        */
 /* ================================================================================================ */
 
+void softmax_backward(float *dx, const float *dy, const float *y, int rows, int n) {
+    SD3_ASSERT(dx && dy && y && n > 0);
+    for (int r = 0; r < rows; r++) {
+        const float *yr = y + (int64_t)r * n, *gr = dy + (int64_t)r * n;
+        float *dr = dx + (int64_t)r * n;
+        double dot = 0;
+        for (int j = 0; j < n; j++) dot += (double)gr[j] * yr[j];
+        for (int j = 0; j < n; j++) dr[j] += (float)(yr[j] * (gr[j] - dot));
+    }
+}
+
 /* Number of keys query row i may see. */
 static int att_nk(const attn_params *p, int i) {
     return p->causal ? (i + 1 < p->Tk ? i + 1 : p->Tk) : p->Tk;

@@ -31,6 +31,24 @@
  *
  * Dimension letters: M rows, K input features, N output features, r LoRA rank, C channels of a row,
  * B batch, H heads, D head_dim, Tq/Tk query/key tokens.
+ *
+ * Recipe: the backward of one MMDiT joint block (mmdit.c joint_block), as tests/test_grad.c composes it.
+ * gx / gc hold the gradient of the image / text stream and are carried through the residuals (the
+ * gradient of a stream before a gated add is the gradient after it). The adaLN chunks (shift, scale,
+ * gate) come from temb, which no LoRA factor influences: pass NULL for dshift / dscale / dgate.
+ *   saved in the forward: x, c (block inputs), xn, cn (modulated: the q/k/v and LoRA inputs), every LoRA h,
+ *   q, k before and after qk-norm, v, o (attention output), x1 (after the attention residual), its FF
+ *   input xm, pre (FF hidden before GELU), GELU(pre), and the same for the text stream.
+ *   FF:    df = 0; gated_add_backward(df, NULL, gx, ..., gate_mlp); lora/linear_backward(dh, ..., df, ff.net.2);
+ *          gelu_tanh_backward(dpre, dh, pre); linear_backward(dxm, ..., dpre, ff.net.0.proj);
+ *          modulate_backward(dln, NULL, NULL, dxm, NULL, scale_mlp); layernorm_backward(gx, dln, x1)
+ *   attn:  dax = gate_msa gx (gated_add_backward); d_o[image rows] = to_out.0 backward (+ lora_backward);
+ *          d_o[text rows] likewise through to_add_out (zero in the context_pre_only block);
+ *          attention_backward(dq, dk, dv, d_o, q, k, v, o); rmsnorm_backward for qk-norm (pre-norm input);
+ *          dxn += q/k/v Linear + LoRA backward on the image rows, dcn on the text rows;
+ *          modulate_backward(dlnx, ..., dxn, ..., scale_msa); layernorm_backward(gx, dlnx, x); same for gc.
+ *   The final AdaLayerNormContinuous + proj_out: linear_backward(proj_out), modulate_backward (scale and
+ *   shift swapped as in the forward), layernorm_backward. Unpatchify is a permutation of the gradient.
  */
 #ifndef SD3_GRAD_H
 #define SD3_GRAD_H
@@ -104,7 +122,12 @@ void gelu_tanh_backward(float *dx, const float *dy, const float *x, size_t n);
 /* Backward of SiLU y = x sigmoid(x): dx += dy s (1 + x (1 - s)), s = sigmoid(x). Saved: the INPUT x. */
 void silu_backward(float *dx, const float *dy, const float *x, size_t n);
 
-/* ---- attention ------------------------------------------------------------------------------ */
+/* ---- softmax and attention ------------------------------------------------------------------ */
+
+/* Backward of the row softmax y = softmax(x) over n values per row (k_softmax, in place there):
+ * dx += y (dy - sum(dy y)). Saved: the OUTPUT y. */
+void softmax_backward(float *dx, const float *dy, const float *y, int rows, int n);
+
 
 /* Per-row log-sum-exp of the attention scores, lse[(b H + h) Tq + i] = log sum_j exp(scale q_i.k_j +
  * bias) over the unmasked keys (B H Tq floats), as attention_backward can take it. Same layout and
