@@ -102,6 +102,10 @@ typedef struct sd3_gen_params {
                                    (int)(steps - steps * strength) decides the first step */
     const char *mask_image;     /* inpainting mask (white = repaint) */
     const char *latents_in;     /* optional initial latents (.safetensors with tensor "latents") */
+    const char *const *loras;   /* LoRA files for the transformer (diffusers/PEFT, kohya or original keys) */
+    const float *lora_scales;   /* one scale per LoRA (NULL = all 1) */
+    int n_loras;
+    int lora_lenient;           /* keys that map onto nothing are warnings instead of errors */
     sd3_progress_fn progress;
     void *progress_user;
 } sd3_gen_params;

@@ -110,6 +110,7 @@ int main(int argc, char **argv) {
                               "-o %s/x.png", sd3_bin, golden, tmpdir, tmpdir);
     CHECK(rc != 0 && strstr(out, "lat0.safetensors"), "missing latents file: %s", out);
 
+    char f[512], args[4096];
     /* 4. sd3 tokenize: the README's hand-checked ids (diffusers issue #4153) */
     rc = run(out, sizeof out, "%s tokenize -m %s/tiny-sd3 --no-padding 'a photo of a cat'", sd3_bin, golden);
     CHECK(rc == 0 && !strcmp(out, "49406 320 1125 539 320 2368 49407\n"), "tokenize clip_l: %s", out);
@@ -145,8 +146,15 @@ int main(int argc, char **argv) {
     st_close(mine);
     st_close(ref);
 
-    /* 6. the bad-input matrix */
-    char f[512];
+    /* 6. --lora: applied, recorded in the PNG, and a file that is no LoRA is refused */
+    rc = run(out, sizeof out, "%s -m %s/tiny-sd3 -p 'a cat' -W 64 -H 64 --steps 2 --seed 1 --lora %s/diffusion/lora/pytorch_lora_weights.safetensors:0.5 "
+                              "-o %s/lora.png && %s info %s/lora.png", sd3_bin, golden, golden, tmpdir, sd3_bin, tmpdir);
+    CHECK(rc == 0 && strstr(out, "loras: ") && strstr(out, "pytorch_lora_weights.safetensors:0.5"), "--lora: %s", out);
+    snprintf(args, sizeof args, "-p x --lora %s/tiny-sd3/vae/diffusion_pytorch_model.safetensors", golden);
+    expect_fail(args, "match no Linear");
+    expect_fail("-p x --lora /nonexistent/lora.safetensors", "/nonexistent/lora.safetensors");
+
+    /* 7. the bad-input matrix */
     expect_fail("-p x -W 100", "multiples of 16");
     expect_fail("-p x -H 0", "out of range");
     expect_fail("-p x --steps 0", "--steps");
@@ -157,7 +165,6 @@ int main(int argc, char **argv) {
     FILE *gf = fopen(f, "w");
     fputs("this is not an image", gf);
     fclose(gf);
-    char args[1024];
     snprintf(args, sizeof args, "-p x --init-img %s", f);
     expect_fail(args, "garbage.png");
     snprintf(args, sizeof args, "-p x --init-img %s/cat.png --strength 0", tmpdir);

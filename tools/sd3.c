@@ -21,6 +21,7 @@
 #include "core/core.h"
 #include "io/model_store.h"
 #include "io/safetensors.h"
+#include "lora/lora.h"
 #include "pipeline/encode_prompt.h"
 #include "text/clip_tok.h"
 #include "text/t5_tok.h"
@@ -69,6 +70,8 @@ static void usage_generate(FILE *f) {
             "  -o, --output FILE         PNG to write (default output.png; %%d for batches)\n"
             "      --threads N           worker threads (default: all cores)\n"
             "      --no-t5               run without T5 (zeros in its place)\n"
+            "      --lora FILE[:SCALE]   apply a LoRA to the transformer (repeatable; scale default 1)\n"
+            "      --lora-lenient        LoRA keys that match nothing are warnings, not errors\n"
             "  -v, --verbose\n",
             d.width, d.height, d.steps, (double)d.cfg_scale, d.max_sequence_length, (double)d.strength);
 }
@@ -210,6 +213,9 @@ static int cmd_generate(int argc, char **argv) {
     int threads = 0, verbose = 0, have_seed = 0, set_w = 0, set_h = 0;
     static float sigmas[MAX_SIGMAS];
     static int skip[MAX_SKIP];
+    static char lora_paths[64][4096];
+    static const char *lora_ptr[64];
+    static float lora_scale[64];
     mp.model = "stabilityai/stable-diffusion-3-medium-diffusers";
 #define NEXT() (i + 1 < argc ? argv[++i] : (die(2, "%s: missing value", a), (char *)NULL))
     for (int i = 0; i < argc; i++) {
@@ -248,6 +254,16 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--save-latents")) save_latents = NEXT();
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = NEXT();
         else if (!strcmp(a, "--threads")) threads = (int)parse_long(a, NEXT(), 1, 256);
+        else if (!strcmp(a, "--lora")) {
+            if (gp.n_loras == 64) die(2, "--lora: at most 64 LoRAs");
+            sd3_err err = {0};
+            if (lora_parse_spec(NEXT(), lora_paths[gp.n_loras], sizeof lora_paths[0], &lora_scale[gp.n_loras], &err) != SD3_OK)
+                die(2, "--lora: %s", err.msg);
+            lora_ptr[gp.n_loras] = lora_paths[gp.n_loras];
+            gp.n_loras++;
+            gp.loras = lora_ptr;
+            gp.lora_scales = lora_scale;
+        } else if (!strcmp(a, "--lora-lenient")) gp.lora_lenient = 1;
         else if (!strcmp(a, "--no-t5")) mp.no_t5 = 1;
         else if (!strcmp(a, "--keep-loaded")) mp.keep_loaded = 1;
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) verbose = 1;
@@ -285,7 +301,7 @@ static int cmd_generate(int argc, char **argv) {
     gp.progress = progress_cb;
     gp.progress_user = &tty;
     if (sd3_load(ctx, &mp) != SD3_OK) die(1, "%s", sd3_last_error(ctx));
-    fprintf(stderr, "seed %llu\n", (unsigned long long)gp.seed);
+    if (verbose) fprintf(stderr, "seed %llu\n", (unsigned long long)gp.seed);
     sd3_image *imgs = calloc((size_t)gp.batch, sizeof *imgs);
     float *lat = NULL;
     double t0 = sd3_time();
@@ -312,7 +328,7 @@ static int cmd_generate(int argc, char **argv) {
         snprintf(hbuf, sizeof hbuf, "%d", gp.height);
         snprintf(bbuf, sizeof bbuf, "%d of %d", b, gp.batch);
         snprintf(strbuf, sizeof strbuf, "%g", gp.strength);
-        image_text tx[16];
+        image_text tx[20];
         int nt = 0;
         tx[nt++] = (image_text){"prompt", gp.prompt};
         if (gp.prompt_2) tx[nt++] = (image_text){"prompt_2", gp.prompt_2};
@@ -329,13 +345,19 @@ static int cmd_generate(int argc, char **argv) {
         tx[nt++] = (image_text){"sampler", "flow-match euler (FlowMatchEulerDiscreteScheduler)"};
         if (gp.init_image) tx[nt++] = (image_text){"strength", strbuf};
         if (mp.no_t5) tx[nt++] = (image_text){"no_t5", "true"};
+        char lorabuf[4096] = "";
+        for (int k = 0; k < gp.n_loras; k++) {
+            size_t l = strlen(lorabuf);
+            snprintf(lorabuf + l, sizeof lorabuf - l, "%s%s:%g", k ? ", " : "", gp.loras[k], (double)gp.lora_scales[k]);
+        }
+        if (gp.n_loras) tx[nt++] = (image_text){"loras", lorabuf};
         char sw[64];
         snprintf(sw, sizeof sw, "sd3c %s", sd3_version());
         tx[nt++] = (image_text){"software", sw};
         image im = {imgs[b].width, imgs[b].height, imgs[b].rgb};
         sd3_err err = {0};
         if (image_write_png(&im, path, tx, nt, &err) != SD3_OK) die(1, "--output: %s", err.msg);
-        fprintf(stderr, "wrote %s\n", path);
+        fprintf(stderr, "wrote %s (seed %llu)\n", path, (unsigned long long)gp.seed);
     }
     if (verbose) fprintf(stderr, "total %.1fs, peak RSS %.0f MB\n", sd3_time() - t0, (double)sd3_peak_rss() / 1e6);
     for (int b = 0; b < gp.batch; b++) sd3_image_free(&imgs[b]);

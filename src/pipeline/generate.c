@@ -2,6 +2,7 @@
 #include <string.h>
 #include "core/rng.h"
 #include "io/json_util.h"
+#include "lora/lora.h"
 #include "mmdit/mmdit.h"
 #include "pipeline/generate.h"
 #include "sample/flow.h"
@@ -131,6 +132,13 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
     /* 3. transformer (needed for the latent shape) */
     if ((s = open_mmdit(ms, &m, err))) goto done;
     have_m = 1;
+    for (int k = 0; k < r->n_loras; k++) {
+        lora_file *lf = NULL;
+        if ((s = lora_open(&lf, r->loras[k], err))) goto done;
+        s = lora_attach(&m, lf, r->lora_scales ? r->lora_scales[k] : 1.0f, r->lora_lenient, err);
+        lora_close(lf);  /* the model keeps its own reference while adapters use it */
+        if (s) goto done;
+    }
     int L = m.cfg.in_channels, h = r->height / 8, w = r->width / 8;
     if (sch.cfg.use_dynamic_shifting) {
         int seq = (h / m.cfg.patch_size) * (w / m.cfg.patch_size);

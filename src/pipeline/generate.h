@@ -33,6 +33,10 @@ typedef struct pipe_req {
     const float *latents_in;    /* (B, 16, h, w) initial latents for txt2img, or NULL to draw them */
     const float *init_image;    /* img2img: (1, 3, height, width) in [-1, 1], or NULL for txt2img */
     double strength;            /* a double, as Python passes it: t_start = (int)(n - n * strength) */
+    const char *const *loras;   /* LoRA files attached to the transformer at run time, with their scales */
+    const float *lora_scales;
+    int n_loras;
+    int lora_lenient;
     const float *mask;          /* inpainting: (height, width) binarised mask, 1 = repaint (needs init_image) */
     int decode;                 /* run the VAE (else stop at the latents) */
     sd3_progress_fn progress;

@@ -78,6 +78,14 @@ sd3_status gen_params_check(const sd3_gen_params *p, sd3_err *err) {
         sd3_status s = check_input_file("mask image", p->mask_image, err);
         if (s) return s;
     }
+    if (p->n_loras < 0 || p->n_loras > 64 || (p->n_loras && !p->loras))
+        return sd3_errf(err, SD3_ERR_INVALID_ARG, "loras: bad list");
+    for (int i = 0; i < p->n_loras; i++) {
+        sd3_status s = check_input_file("LoRA file", p->loras[i], err);
+        if (s) return s;
+        if (p->lora_scales && !isfinite(p->lora_scales[i]))
+            return sd3_errf(err, SD3_ERR_INVALID_ARG, "%s: LoRA scale is not a finite number", p->loras[i]);
+    }
     if (p->latents_in) {
         sd3_status s = check_input_file("latents file", p->latents_in, err);
         if (s) return s;
