@@ -8,7 +8,9 @@
  *     counted; lenient mode warns and attaches the rest), incomplete and DoRA modules, bad alpha, non-float
  *     tensors, an empty file, a non-finite scale, fusing into a quantised weight; a failed attach leaves
  *     the model untouched;
- *   - text-encoder modules are counted and left out with a warning;
+ *   - text-encoder modules: lora_attach leaves them out (a warning for T5); lora_clip_fuse puts CLIP ones
+ *     into the tiny CLIP-L (fused weights = W + s B A in double, kohya lora_te1_ = diffusers text_encoder.,
+ *     0.5 + 0.5 = 1.0, unfuse restores the output bit for bit, unmatched / misfit modules are errors);
  *   - several LoRAs: run-time output equals the fused output, fused weights equal W + sum s B A computed
  *     here in double, the same LoRA at 0.3 + 0.7 equals it at 1.0, at +1 and -1 it cancels;
  *   - unfuse restores the weights (same views) and the run-time output bit for bit; detaching restores the
@@ -24,7 +26,9 @@
 #include <string.h>
 #include <unistd.h>
 #include "io/safetensors.h"
+#include "io/json_util.h"
 #include "lora/lora.h"
+#include "lora/lora_clip.h"
 #include "mmdit/mmdit.h"
 #include "test.h"
 
@@ -469,19 +473,20 @@ static void test_unmatched(mmdit_model *m) {
     lw_mat(&l, "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", r, C, A);
     lw_mat(&l, "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", C, r, B);
     lw_scalar(&l, "lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha", 1.0f);
+    lw_mat(&l, "lora_te3_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight", r, C, A);
+    lw_mat(&l, "lora_te3_encoder_block_0_layer_0_SelfAttention_q.lora_up.weight", C, r, B);
     CHECK(lw_write(&l, "te.safetensors", p, sizeof p) == 0, "write");
     lora_file *f;
     if (lora_open(&f, p, &err) == SD3_OK) {
         CHECK(lora_count(f, LORA_TARGET_CLIP_L) == 1 && lora_count(f, LORA_TARGET_CLIP_G) == 1 &&
-                  lora_count(f, LORA_TARGET_T5) == 0 && lora_count(f, LORA_TARGET_TRANSFORMER) == 1,
+                  lora_count(f, LORA_TARGET_T5) == 1 && lora_count(f, LORA_TARGET_TRANSFORMER) == 1,
               "te counts %d %d %d %d", lora_count(f, LORA_TARGET_CLIP_L), lora_count(f, LORA_TARGET_CLIP_G),
               lora_count(f, LORA_TARGET_T5), lora_count(f, LORA_TARGET_TRANSFORMER));
         g_log[0] = 0;
         CHECK(lora_attach(m, f, 1.0f, 0, &err) == SD3_OK, "te attach: %s", err.msg);
         CHECK(lora_adapter_count(m, NULL) == 1, "te: %d adapters", lora_adapter_count(m, NULL));
-        CHECK(strstr(g_log, "text-encoder LoRA modules are not applied") && strstr(g_log, "1 for the CLIP-L") &&
-                  strstr(g_log, "1 for the CLIP-G"),
-              "te warning: %s", g_log);
+        CHECK(strstr(g_log, "1 LoRA module(s) for the T5 text encoder are not applied") && !strstr(g_log, "CLIP"),
+              "te warning (T5 only; the CLIP modules are lora_clip_fuse's): %s", g_log);
         lora_close(f);
         lora_detach_all(m);
     } else {
@@ -668,6 +673,130 @@ static void test_lifetime(const char *dir) {
     CHECK(!m.lora_state && !m.blocks, "freed");
 }
 
+/* CLIP-L text-encoder LoRA by fusing. */
+static void test_clip(void) {
+    char dir[4096], cfgp[4200];
+    snprintf(dir, sizeof dir, "%s/tiny-sd3/text_encoder", g_root);
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
+    sd3_err err = {0};
+    weights w;
+    cJSON *cfg = json_load_file(cfgp, &err);
+    if (!cfg || weights_open_dir(&w, dir, "model", &err) != SD3_OK) {
+        CHECK(0, "tiny CLIP-L: %s", err.msg);
+        cJSON_Delete(cfg);
+        return;
+    }
+    clip_model cm;
+    if (clip_load(&cm, &w, cfg, "text_encoder", &err) != SD3_OK) {
+        CHECK(0, "%s", err.msg);
+        weights_close(&w);
+        cJSON_Delete(cfg);
+        return;
+    }
+    const int T = 8, C = 32, r = 2;
+    const int64_t ids[8] = {49406, 320, 1125, 539, 320, 2368, 49407, 49407};
+    const int64_t n_out = (int64_t)T * C + C;
+    float *out[6];
+    for (int i = 0; i < 6; i++) out[i] = calloc((size_t)n_out, sizeof(float));
+#define CLIP_RUN(o) CHECK(clip_forward(&cm, ids, 1, T, -2, NULL, (o), (o) + T * C, &err) == SD3_OK, "clip: %s", err.msg)
+    CLIP_RUN(out[0]);
+    /* Modules: layer 0 q_proj (alpha 1, rank 2), layer 1 fc1 (no alpha), text_projection; kohya copy with
+     * the same tensors (q_proj B doubled and alpha 0.5: the same delta). */
+    struct { const char *d, *k; int N, K; } mods[3] = {
+        {"text_model.encoder.layers.0.self_attn.q_proj", "text_model_encoder_layers_0_self_attn_q_proj", 32, 32},
+        {"text_model.encoder.layers.1.mlp.fc1", "text_model_encoder_layers_1_mlp_fc1", 64, 32},
+        {"text_projection", "text_projection", 32, 32},
+    };
+    float *A[3], *B[3];
+    lw ld, lk;
+    lw_init(&ld);
+    lw_init(&lk);
+    char name[256], pd[4096], pk[4096], pbad[4096], pmis[4096];
+    for (int k = 0; k < 3; k++) {
+        A[k] = malloc((size_t)r * mods[k].K * sizeof(float));
+        B[k] = malloc((size_t)mods[k].N * r * sizeof(float));
+        fill(A[k], (int64_t)r * mods[k].K, 0.5f);
+        fill(B[k], (int64_t)mods[k].N * r, 0.2f);
+        snprintf(name, sizeof name, "text_encoder.%s.lora_A.weight", mods[k].d);
+        lw_mat(&ld, name, r, mods[k].K, A[k]);
+        snprintf(name, sizeof name, "text_encoder.%s.lora_B.weight", mods[k].d);
+        lw_mat(&ld, name, mods[k].N, r, B[k]);
+        float *B2 = malloc((size_t)mods[k].N * r * sizeof(float));
+        for (int64_t i = 0; i < (int64_t)mods[k].N * r; i++) B2[i] = k == 0 ? 2 * B[k][i] : B[k][i];
+        snprintf(name, sizeof name, "lora_te1_%s.lora_down.weight", mods[k].k);
+        lw_mat(&lk, name, r, mods[k].K, A[k]);
+        snprintf(name, sizeof name, "lora_te1_%s.lora_up.weight", mods[k].k);
+        lw_mat(&lk, name, mods[k].N, r, B2);
+        free(B2);
+    }
+    lw_scalar(&ld, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.alpha", 1.0f);
+    lw_scalar(&lk, "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha", 0.5f);
+    lw_scalar(&lk, "lora_te1_text_model_encoder_layers_1_mlp_fc1.alpha", 2.0f);
+    CHECK(lw_write(&ld, "clip_d.safetensors", pd, sizeof pd) == 0 && lw_write(&lk, "clip_k.safetensors", pk, sizeof pk) == 0,
+          "write");
+    write_one("clip_bad.safetensors", "text_encoder.text_model.encoder.layers.1.mlp.fc2", 2, 64, 31, 2, pbad, sizeof pbad);
+    write_one("clip_mis.safetensors", "text_encoder.text_model.encoder.layers.7.mlp.fc2", 2, 64, 32, 2, pmis, sizeof pmis);
+
+    lora_file *fd = NULL, *fk = NULL, *fb = NULL, *fm = NULL;
+    if (lora_open(&fd, pd, &err) || lora_open(&fk, pk, &err) || lora_open(&fb, pbad, &err) || lora_open(&fm, pmis, &err)) {
+        CHECK(0, "%s", err.msg);
+    } else {
+        const void *q0 = cm.layers[0].q_w.data;
+        lora_clip_state *st = NULL;
+        /* Wrong encoder: a no-op. */
+        CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_G, fd, 1.0f, 0, &st, &err) == SD3_OK && !st, "CLIP-G no-op");
+        CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fd, 0.8f, 0, &st, &err) == SD3_OK && st, "%s", err.msg);
+        CLIP_RUN(out[1]);
+        CHECK(max_diff(out[1], out[0], n_out) > 1e-3, "the CLIP LoRA changes the output (%g)", max_diff(out[1], out[0], n_out));
+        /* Fused q_proj of layer 0 vs W + 0.8 (1/2) B A in double. */
+        float *gotw = malloc(32 * 32 * sizeof(float));
+        tensor_to_f32(&cm.layers[0].q_w, 0, 32 * 32, gotw);
+        lora_clip_unfuse(&cm, &st);
+        CHECK(!st && cm.layers[0].q_w.data == q0, "unfuse restores the view");
+        double d = 0, mx = 0;
+        for (int i = 0; i < 32; i++)
+            for (int j = 0; j < 32; j++) {
+                double acc = 0;
+                for (int q = 0; q < r; q++) acc += (double)B[0][i * r + q] * A[0][q * 32 + j];
+                double want = tensor_get_f32(&cm.layers[0].q_w, i * 32 + j) + 0.8 * 0.5 * acc;
+                d = fmax(d, fabs(gotw[i * 32 + j] - want)), mx = fmax(mx, fabs(want));
+            }
+        CHECK(d <= 8 * 1.2e-7 * mx, "fused CLIP q_proj off by %g", d);
+        free(gotw);
+        CLIP_RUN(out[2]);
+        CHECK(!memcmp(out[2], out[0], (size_t)n_out * sizeof(float)), "unfused CLIP output equals the base exactly");
+        CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fk, 0.8f, 0, &st, &err) == SD3_OK, "%s", err.msg);
+        CLIP_RUN(out[3]);
+        lora_clip_unfuse(&cm, &st);
+        CHECK(max_diff(out[3], out[1], n_out) <= 1e-5, "kohya lora_te1_ vs text_encoder.: %g", max_diff(out[3], out[1], n_out));
+        CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fd, 0.4f, 0, &st, &err) == SD3_OK &&
+                  lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fd, 0.4f, 0, &st, &err) == SD3_OK,
+              "%s", err.msg);
+        CLIP_RUN(out[4]);
+        CHECK(max_diff(out[4], out[1], n_out) <= 1e-5, "0.4 + 0.4 vs 0.8: %g", max_diff(out[4], out[1], n_out));
+        lora_clip_unfuse(&cm, &st);
+        CLIP_RUN(out[5]);
+        CHECK(!memcmp(out[5], out[0], (size_t)n_out * sizeof(float)), "unfuse after two fuses restores the base exactly");
+        CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fb, 1.0f, 1, &st, &err) == SD3_ERR_SHAPE && strstr(err.msg, "[31, 2]") &&
+                  strstr(err.msg, "[32, 64]") && !st,
+              "misfit: %s", err.msg);
+        CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fm, 1.0f, 0, &st, &err) == SD3_ERR_NOT_FOUND &&
+                  strstr(err.msg, "layers.7.mlp.fc2'") && !st,
+              "unmatched: %s", err.msg);
+        g_log[0] = 0;
+        CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fm, 1.0f, 1, &st, &err) == SD3_OK && !st && strstr(g_log, "skipping 1"),
+              "unmatched, lenient: %s", g_log);
+        CHECK(cm.layers[0].q_w.data == q0 && cm.layers[1].fc2_w.data != NULL, "model as loaded");
+    }
+#undef CLIP_RUN
+    lora_close(fd), lora_close(fk), lora_close(fb), lora_close(fm);
+    for (int k = 0; k < 3; k++) free(A[k]), free(B[k]);
+    for (int i = 0; i < 6; i++) free(out[i]);
+    clip_free(&cm);
+    weights_close(&w);
+    cJSON_Delete(cfg);
+}
+
 /* FILE[:SCALE] specs. */
 static void test_spec(void) {
     char p[64];
@@ -745,11 +874,12 @@ int main(int argc, char **argv) {
     } else {
         CHECK(0, "load %s: %s", dir, err.msg);
     }
+    test_clip();
     test_spec();
     free(g_x), free(g_ctx), free(g_pooled), free(g_t);
 
     const char *files[] = {"kohya", "original", "swap_k", "swap_d", "shape", "unmatched", "incomplete", "dora",
-                           "te", "alpha", "int", "empty", "l2"};
+                           "te", "alpha", "int", "empty", "l2", "clip_d", "clip_k", "clip_bad", "clip_mis"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char p[512];
         snprintf(p, sizeof p, "%s/%s.safetensors", g_tmp, files[i]);

@@ -12,6 +12,7 @@
 #include <string.h>
 #include "kernels/kernels.h"
 #include "lora/lora.h"
+#include "lora/lora_internal.h"
 
 /* ================================================================================================ */
 /* Files                                                                                            */
@@ -338,7 +339,7 @@ int lora_adapter_count(const mmdit_model *m, int *n_fused) {
 /* ================================================================================================ */
 
 /* Does an underscored name equal a dotted one with every '.' read as '_'? */
-static int us_equal(const char *us, const char *dotted) {
+int lora_us_equal(const char *us, const char *dotted) {
     for (; *us && *dotted; us++, dotted++)
         if (*us != (*dotted == '.' ? '_' : *dotted)) return 0;
     return !*us && !*dotted;
@@ -349,9 +350,9 @@ static int names_linear(const lora_module *md, const mmdit_named_linear *nl, int
     *by_original = 0;
     switch (md->naming) {
     case LORA_NAME_DIFFUSERS: return !strcmp(md->path, nl->diffusers);
-    case LORA_NAME_DIFFUSERS_US: return us_equal(md->path, nl->diffusers);
+    case LORA_NAME_DIFFUSERS_US: return lora_us_equal(md->path, nl->diffusers);
     case LORA_NAME_ORIGINAL: return (*by_original = !strcmp(md->path, nl->original));
-    case LORA_NAME_ORIGINAL_US: return (*by_original = us_equal(md->path, nl->original));
+    case LORA_NAME_ORIGINAL_US: return (*by_original = lora_us_equal(md->path, nl->original));
     default:
         if (!strcmp(md->path, nl->diffusers)) return 1;
         return (*by_original = !strcmp(md->path, nl->original));
@@ -359,7 +360,7 @@ static int names_linear(const lora_module *md, const mmdit_named_linear *nl, int
 }
 
 /* "'a', 'b', 'c' and 4 more (7 in all)" into buf. */
-static void name_list(char *buf, size_t n, const char *const *names, int count) {
+void lora_name_list(char *buf, size_t n, const char *const *names, int count) {
     size_t o = 0;
     buf[0] = 0;
     for (int i = 0; i < count && i < 4 && o < n; i++)
@@ -488,7 +489,7 @@ sd3_status lora_attach(mmdit_model *m, lora_file *f, float scale, int lenient, s
 
     char list[1024];
     if (n_unmatched) {
-        name_list(list, sizeof list, unmatched, n_unmatched);
+        lora_name_list(list, sizeof list, unmatched, n_unmatched);
         if (!lenient) {
             s = sd3_errf(err, SD3_ERR_NOT_FOUND,
                          "%s: %d LoRA module(s)/tensor(s) match no Linear of the transformer: %s (use lenient mode "
@@ -500,18 +501,20 @@ sd3_status lora_attach(mmdit_model *m, lora_file *f, float scale, int lenient, s
                  n_unmatched, list);
     }
     if (n_skipped) {
-        name_list(list, sizeof list, skipped, n_skipped);
+        lora_name_list(list, sizeof list, skipped, n_skipped);
         LOG_WARN("%s: skipping %d incomplete LoRA module(s) (A or B missing): %s", f->path, n_skipped, list);
     }
     if (n_dora) LOG_WARN("%s: %d DoRA module(s) applied as plain LoRA (magnitude ignored)", f->path, n_dora);
+    /* Text-encoder modules: the CLIPs' are applied by lora_clip_fuse (lora_clip.h); T5 LoRAs are not supported. */
     if (n_te) {
-        size_t o = 0;
-        list[0] = 0;
-        for (int t = 1; t < LORA_TARGET_COUNT; t++)
-            if (lora_count(f, (lora_target)t) && o < sizeof list)
-                o += (size_t)snprintf(list + o, sizeof list - o, "%s%d for the %s", o ? ", " : "",
-                                      lora_count(f, (lora_target)t), TARGET_NAMES[t]);
-        LOG_WARN("%s: text-encoder LoRA modules are not applied (not supported yet): %s", f->path, list);
+        int n_clip = lora_count(f, LORA_TARGET_CLIP_L) + lora_count(f, LORA_TARGET_CLIP_G);
+        if (n_clip)
+            LOG_INFO("%s: %d module(s) for the %s and %d for the %s are left to lora_clip_fuse", f->path,
+                     lora_count(f, LORA_TARGET_CLIP_L), TARGET_NAMES[LORA_TARGET_CLIP_L],
+                     lora_count(f, LORA_TARGET_CLIP_G), TARGET_NAMES[LORA_TARGET_CLIP_G]);
+        if (lora_count(f, LORA_TARGET_T5))
+            LOG_WARN("%s: %d LoRA module(s) for the %s are not applied (T5 LoRAs are not supported)", f->path,
+                     lora_count(f, LORA_TARGET_T5), TARGET_NAMES[LORA_TARGET_T5]);
     }
 
     /* Build every adapter and reserve the bookkeeping, then link: the last step cannot fail. */
@@ -566,7 +569,7 @@ done:
 /* ================================================================================================ */
 
 /* W (any float dtype) + sum over the list of s B A, as a fresh F32 [N, K] buffer (NULL when out of memory). */
-static float *fused_copy(const tensor *W, const mmdit_lora_adapter *ad) {
+float *lora_fused_copy(const tensor *W, const mmdit_lora_adapter *ad) {
     const int64_t N = W->shape[0], K = W->shape[1];
     float *w = sd3_malloc((size_t)(N * K) * sizeof(float));
     float *d = sd3_malloc((size_t)(N * K) * sizeof(float));
@@ -610,7 +613,7 @@ sd3_status lora_fuse(mmdit_model *m, sd3_err *err) {
     if (!copies) return sd3_errf(err, SD3_ERR_NOMEM, "lora: out of memory fusing");
     for (int i = 0; i < st->n_slots; i++) {
         if (!st->slots[i].lin->lora) continue;
-        if (!(copies[i] = fused_copy(&st->slots[i].lin->weight, st->slots[i].lin->lora))) {
+        if (!(copies[i] = lora_fused_copy(&st->slots[i].lin->weight, st->slots[i].lin->lora))) {
             for (int k = 0; k < i; k++) sd3_free(copies[k]);
             sd3_free(copies);
             return sd3_errf(err, SD3_ERR_NOMEM, "lora: out of memory fusing");

@@ -29,8 +29,8 @@
  *   (B [3C, r], A [r, C]) becomes three adapters on q, k, v sharing A with the matching third of B's rows;
  *   the last context adaLN and final_layer adaLN store [shift; scale], so B's row halves are swapped.
  *   Text-encoder LoRAs ("text_encoder.", "text_encoder_2.", "text_encoder_3.", "lora_te1_", "lora_te2_",
- *   "lora_te3_", "lora_te_") are read and counted (lora_count) but NOT applied yet: lora_attach logs a
- *   warning naming how many modules it leaves out.
+ *   "lora_te3_", "lora_te_") are read and counted (lora_count) and skipped by lora_attach: the CLIP ones
+ *   are applied with lora_clip_fuse (lora_clip.h); T5 ones are not supported (lora_attach warns).
  *
  * Errors: a module that maps onto no Linear of the model, or a tensor that is not part of a LoRA, fails
  * lora_attach listing the first few names and the count (lenient: LOG_WARN and go on without them); a
@@ -109,7 +109,7 @@ int lora_count(const lora_file *f, lora_target t);
 /* Attach every transformer module of f to m at run time with user scale `scale` (effective scale =
  * scale * alpha / r per module). Several files (or the same file twice) may be attached; their deltas add.
  * lenient: modules/keys that map to nothing (and incomplete or DoRA modules) are warned about instead of
- * failing. Text-encoder modules are left out with a warning. Nothing changes on failure. */
+ * failing. Text-encoder modules are left out (see above). Nothing changes on failure. */
 sd3_status lora_attach(mmdit_model *m, lora_file *f, float scale, int lenient, sd3_err *err);
 /* Unfuse, remove every adapter and release the files. Safe on a model without LoRA. */
 void lora_detach_all(mmdit_model *m);
