@@ -32,9 +32,9 @@
 #include "mmdit/mmdit.h"
 #include "test.h"
 
-static char g_root[2048];   /* golden root */
-static char g_tmp[256];     /* temp folder */
-static char g_lora[4096];   /* the golden diffusers-format LoRA */
+static char g_root[2048]; /* golden root */
+static char g_tmp[256];   /* temp folder */
+static char g_lora[4096]; /* the golden diffusers-format LoRA */
 
 /* The inputs of the golden lora case (B 2, 16 x 32 x 32 latents, 77 x 96 text, 80 pooled). */
 static float *g_x, *g_ctx, *g_pooled, *g_t;
@@ -71,7 +71,8 @@ static float *fwd(const mmdit_model *m) {
 static double max_diff(const float *a, const float *b, int64_t n) {
     if (!a || !b) return INFINITY;
     double m = 0;
-    for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)a[i] - b[i]));
     return m;
 }
 
@@ -101,7 +102,8 @@ static void lw_init(lw *l) {
 /* Add a tensor (data copied) of dtype dt. */
 static void lw_add_dt(lw *l, const char *name, dtype dt, int ndim, const int64_t *shape, const void *data) {
     int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= shape[i];
+    for (int i = 0; i < ndim; i++)
+        n *= shape[i];
     size_t bytes = (size_t)n * dtype_size(dt);
     void *buf = malloc(bytes ? bytes : 1);
     memcpy(buf, data, bytes);
@@ -132,7 +134,8 @@ static int lw_write(lw *l, const char *file, char *path, size_t n) {
         rc = -1;
     }
     st_writer_free(l->w);
-    for (int i = 0; i < l->nb; i++) free(l->bufs[i]);
+    for (int i = 0; i < l->nb; i++)
+        free(l->bufs[i]);
     return rc;
 }
 
@@ -145,7 +148,8 @@ static float urand(float a) {
     return a * (float)((double)(g_rng >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
 }
 static void fill(float *p, int64_t n, float a) {
-    for (int64_t i = 0; i < n; i++) p[i] = urand(a);
+    for (int64_t i = 0; i < n; i++)
+        p[i] = urand(a);
 }
 
 /* Open path and attach at scale; returns the status (message in err). */
@@ -164,7 +168,10 @@ static float *golden_ab(const st_file *st, const char *mod, char which, int64_t 
     snprintf(key, sizeof key, "transformer.%s.lora_%c.weight", mod, which);
     tensor t;
     sd3_err err = {0};
-    if (st_get(st, key, &t, &err) != SD3_OK) { CHECK(0, "%s", err.msg); return NULL; }
+    if (st_get(st, key, &t, &err) != SD3_OK) {
+        CHECK(0, "%s", err.msg);
+        return NULL;
+    }
     *r0 = t.shape[0], *r1 = t.shape[1];
     float *p = malloc((size_t)tensor_numel(&t) * sizeof(float));
     tensor_to_f32(&t, 0, tensor_numel(&t), p);
@@ -180,7 +187,10 @@ static float *golden_ab(const st_file *st, const char *mod, char which, int64_t 
 static int write_original_copy(const char *file, int kohya, char *path, size_t n) {
     st_file *st;
     sd3_err err = {0};
-    if (st_open(&st, g_lora, &err) != SD3_OK) { CHECK(0, "%s", err.msg); return -1; }
+    if (st_open(&st, g_lora, &err) != SD3_OK) {
+        CHECK(0, "%s", err.msg);
+        return -1;
+    }
     lw l;
     lw_init(&l);
     for (int i = 0; i < 3; i++) {
@@ -196,16 +206,19 @@ static int write_original_copy(const char *file, int kohya, char *path, size_t n
                 A[q] = golden_ab(st, mod, 'A', &r, &C);
                 B[q] = golden_ab(st, mod, 'B', &N, &tmp);
             }
-            float *Af = calloc((size_t)(3 * r * C), sizeof(float)), *Bf = calloc((size_t)(3 * N * 3 * r), sizeof(float));
+            float *Af = calloc((size_t)(3 * r * C), sizeof(float)),
+                  *Bf = calloc((size_t)(3 * N * 3 * r), sizeof(float));
             for (int q = 0; q < 3; q++) {
                 if (A[q]) memcpy(Af + q * r * C, A[q], (size_t)(r * C) * sizeof(float));
                 for (int64_t row = 0; row < N && B[q]; row++)
-                    for (int64_t j = 0; j < r; j++) Bf[(q * N + row) * 3 * r + q * r + j] = B[q][row * r + j];
+                    for (int64_t j = 0; j < r; j++)
+                        Bf[(q * N + row) * 3 * r + q * r + j] = B[q][row * r + j];
                 free(A[q]);
                 free(B[q]);
             }
-            snprintf(stem, sizeof stem, kohya ? "lora_unet_joint_blocks_%d_%s_attn_qkv" : "diffusion_model.joint_blocks.%d.%s.attn.qkv",
-                     i, s[0]);
+            snprintf(stem, sizeof stem,
+                     kohya ? "lora_unet_joint_blocks_%d_%s_attn_qkv" : "diffusion_model.joint_blocks.%d.%s.attn.qkv", i,
+                     s[0]);
             snprintf(name, sizeof name, "%s.%s", stem, kohya ? "lora_down.weight" : "lora_A.weight");
             lw_mat(&l, name, 3 * r, C, Af);
             snprintf(name, sizeof name, "%s.%s", stem, kohya ? "lora_up.weight" : "lora_B.weight");
@@ -219,11 +232,17 @@ static int write_original_copy(const char *file, int kohya, char *path, size_t n
             if (sidx == 1 && i == 2) continue; /* the last block has no to_add_out */
             snprintf(mod, sizeof mod, "transformer_blocks.%d.attn.%s", i, s[4]);
             float *Ap = golden_ab(st, mod, 'A', &r, &C), *Bp = golden_ab(st, mod, 'B', &N, &tmp);
-            if (!Ap || !Bp) { free(Ap); free(Bp); continue; }
-            snprintf(stem, sizeof stem, kohya ? "lora_unet_joint_blocks_%d_%s_attn_proj" : "diffusion_model.joint_blocks.%d.%s.attn.proj",
+            if (!Ap || !Bp) {
+                free(Ap);
+                free(Bp);
+                continue;
+            }
+            snprintf(stem, sizeof stem,
+                     kohya ? "lora_unet_joint_blocks_%d_%s_attn_proj" : "diffusion_model.joint_blocks.%d.%s.attn.proj",
                      i, s[0]);
             if (kohya)
-                for (int64_t k = 0; k < N * r; k++) Bp[k] *= 2.0f;
+                for (int64_t k = 0; k < N * r; k++)
+                    Bp[k] *= 2.0f;
             snprintf(name, sizeof name, "%s.%s", stem, kohya ? "lora_down.weight" : "lora_A.weight");
             lw_mat(&l, name, r, C, Ap);
             snprintf(name, sizeof name, "%s.%s", stem, kohya ? "lora_up.weight" : "lora_B.weight");
@@ -266,7 +285,8 @@ static void test_formats(mmdit_model *m, mmdit_model *single) {
         for (int j = 0; j < 2; j++) {
             CHECK(open_attach(models[j], paths[k], 1.0f, 0, &err) == SD3_OK, "%s", err.msg);
             /* 6 qkv modules x 3 thirds + 5 projections */
-            CHECK(lora_adapter_count(models[j], NULL) == 23, "%s: %d adapters", paths[k], lora_adapter_count(models[j], NULL));
+            CHECK(lora_adapter_count(models[j], NULL) == 23, "%s: %d adapters", paths[k],
+                  lora_adapter_count(models[j], NULL));
             float *out = fwd(models[j]);
             double d = max_diff(out, ref, g_nout);
             CHECK(d <= 2e-5, "%s on the %s model: max |diff| to the diffusers LoRA %g", paths[k],
@@ -278,7 +298,8 @@ static void test_formats(mmdit_model *m, mmdit_model *single) {
     /* The diffusers LoRA on the single-file model (q/k/v are row slices of the stored qkv). */
     CHECK(open_attach(single, g_lora, 1.0f, 0, &err) == SD3_OK, "%s", err.msg);
     float *out = fwd(single);
-    CHECK(max_diff(out, ref, g_nout) <= 2e-5, "diffusers LoRA on the single-file model: %g", max_diff(out, ref, g_nout));
+    CHECK(max_diff(out, ref, g_nout) <= 2e-5, "diffusers LoRA on the single-file model: %g",
+          max_diff(out, ref, g_nout));
     free(out);
     lora_detach_all(single);
     free(ref);
@@ -306,10 +327,15 @@ static float *fused_weight_of(mmdit_model *m, const char *path, const char *mod,
  * "lora_transformer_" names match the diffusers ones. Compared on the fused weights. */
 static void test_swapped_halves(mmdit_model *m) {
     const int C = 32, r = 2;
-    struct { const char *kohya, *diffusers; int N, swap; } mods[] = {
-        {"lora_unet_joint_blocks_2_context_block_adaLN_modulation_1", "transformer_blocks.2.norm1_context.linear", 2 * C, 1},
+    struct {
+        const char *kohya, *diffusers;
+        int N, swap;
+    } mods[] = {
+        {"lora_unet_joint_blocks_2_context_block_adaLN_modulation_1", "transformer_blocks.2.norm1_context.linear",
+         2 * C, 1},
         {"lora_unet_final_layer_adaLN_modulation_1", "norm_out.linear", 2 * C, 1},
-        {"lora_unet_joint_blocks_0_context_block_adaLN_modulation_1", "transformer_blocks.0.norm1_context.linear", 6 * C, 0},
+        {"lora_unet_joint_blocks_0_context_block_adaLN_modulation_1", "transformer_blocks.0.norm1_context.linear",
+         6 * C, 0},
         {"lora_transformer_transformer_blocks_1_ff_net_0_proj", "transformer_blocks.1.ff.net.0.proj", 4 * C, 0},
     };
     for (size_t k = 0; k < sizeof mods / sizeof mods[0]; k++) {
@@ -335,9 +361,10 @@ static void test_swapped_halves(mmdit_model *m) {
         lw_mat(&l, name, N, r, Bs);
         CHECK(lw_write(&l, "swap_d.safetensors", p2, sizeof p2) == 0, "write");
         int64_t n1 = 0, n2 = 0;
-        float *w1 = fused_weight_of(m, p1, mods[k].diffusers, &n1), *w2 = fused_weight_of(m, p2, mods[k].diffusers, &n2);
-        CHECK(n1 == (int64_t)N * C && n1 == n2 && max_diff(w1, w2, n1) <= 1e-7, "%s vs %s: max |diff| %g", mods[k].kohya,
-              mods[k].diffusers, max_diff(w1, w2, n1));
+        float *w1 = fused_weight_of(m, p1, mods[k].diffusers, &n1),
+              *w2 = fused_weight_of(m, p2, mods[k].diffusers, &n2);
+        CHECK(n1 == (int64_t)N * C && n1 == n2 && max_diff(w1, w2, n1) <= 1e-7, "%s vs %s: max |diff| %g",
+              mods[k].kohya, mods[k].diffusers, max_diff(w1, w2, n1));
         free(w1);
         free(w2);
         free(A);
@@ -349,8 +376,8 @@ static void test_swapped_halves(mmdit_model *m) {
 /* ---- errors ------------------------------------------------------------------------------------ */
 
 /* Write a one-module diffusers LoRA on `mod` with A [ra0, ra1] and B [rb0, rb1] (random values). */
-static void write_one(const char *file, const char *mod, int64_t ra0, int64_t ra1, int64_t rb0, int64_t rb1,
-                      char *path, size_t n) {
+static void write_one(const char *file, const char *mod, int64_t ra0, int64_t ra1, int64_t rb0, int64_t rb1, char *path,
+                      size_t n) {
     float *a = malloc((size_t)(ra0 * ra1) * sizeof(float)), *b = malloc((size_t)(rb0 * rb1) * sizeof(float));
     fill(a, ra0 * ra1, 0.5f);
     fill(b, rb0 * rb1, 0.1f);
@@ -367,15 +394,26 @@ static void write_one(const char *file, const char *mod, int64_t ra0, int64_t ra
 }
 
 /* Is the model free of any LoRA state? */
-static int untouched(const mmdit_model *m) { return !m->lora_state && !m->lora_release && lora_adapter_count(m, NULL) == 0; }
+static int untouched(const mmdit_model *m) {
+    return !m->lora_state && !m->lora_release && lora_adapter_count(m, NULL) == 0;
+}
 
 /* Wrong rank / in / out features: SD3_ERR_SHAPE naming the key and both shapes; the model is untouched. */
 static void test_shape_errors(mmdit_model *m) {
     char p[4096];
     sd3_err err = {0};
-    struct { const char *mod; int64_t a0, a1, b0, b1; const char *want[3]; } cases[] = {
-        {"transformer.transformer_blocks.0.attn.to_q", 4, 32, 32, 3,
-         {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight' is [4, 32]", "lora_B.weight' is [32, 3]", "[32, 32]"}},
+    struct {
+        const char *mod;
+        int64_t a0, a1, b0, b1;
+        const char *want[3];
+    } cases[] = {
+        {"transformer.transformer_blocks.0.attn.to_q",
+         4,
+         32,
+         32,
+         3,
+         {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight' is [4, 32]", "lora_B.weight' is [32, 3]",
+          "[32, 32]"}},
         {"transformer.transformer_blocks.1.ff.net.0.proj", 4, 31, 128, 4, {"[4, 31]", "[128, 4]", "weight [128, 32]"}},
         {"transformer.transformer_blocks.1.ff.net.0.proj", 4, 32, 127, 4, {"[127, 4]", "[128, 32]", "[128, r]"}},
         {"lora_unet_joint_blocks_0_x_block_attn_qkv", 4, 32, 95, 4, {"[95, 4]", "fused qkv", "[96, r]"}},
@@ -407,9 +445,9 @@ static void test_unmatched(mmdit_model *m) {
     fill(B, C * r, 0.1f);
     fill(B4, 4 * C * r, 0.1f);
     const char *stems[] = {
-        "transformer.transformer_blocks.0.attn.to_q",       /* good */
-        "transformer.transformer_blocks.9.attn.to_q",       /* no block 9 */
-        "transformer.transformer_blocks.0.attn.to_qq",      /* no such module */
+        "transformer.transformer_blocks.0.attn.to_q",  /* good */
+        "transformer.transformer_blocks.9.attn.to_q",  /* no block 9 */
+        "transformer.transformer_blocks.0.attn.to_qq", /* no such module */
         "lora_unet_joint_blocks_0_x_block_attn_qkvv",
         "transformer.transformer_blocks.2.attn.to_add_out", /* the last block has none */
         "transformer.transformer_blocks.0.attn2.to_q",      /* tiny-sd3 has no MMDiT-X blocks */
@@ -516,10 +554,16 @@ static void test_unmatched(mmdit_model *m) {
 /* ---- several LoRAs, fuse / unfuse ------------------------------------------------------------- */
 
 /* A second LoRA (rank 2, alpha 1) on Linears the golden one leaves alone, top-level ones included. */
-static const struct { const char *mod; int N, K; } L2_MODS[] = {
-    {"transformer_blocks.0.ff.net.0.proj", 128, 32}, {"transformer_blocks.1.ff.net.2", 32, 128},
-    {"transformer_blocks.0.norm1.linear", 192, 32},  {"context_embedder", 32, 96},
-    {"proj_out", 64, 32},                            {"time_text_embed.timestep_embedder.linear_1", 32, 256},
+static const struct {
+    const char *mod;
+    int N, K;
+} L2_MODS[] = {
+    {"transformer_blocks.0.ff.net.0.proj", 128, 32},
+    {"transformer_blocks.1.ff.net.2", 32, 128},
+    {"transformer_blocks.0.norm1.linear", 192, 32},
+    {"context_embedder", 32, 96},
+    {"proj_out", 64, 32},
+    {"time_text_embed.timestep_embedder.linear_1", 32, 256},
     {"transformer_blocks.1.attn.to_q", 32, 32}, /* also adapted by the golden LoRA */
 };
 #define N_L2 ((int)(sizeof L2_MODS / sizeof L2_MODS[0]))
@@ -528,7 +572,8 @@ static int write_l2(char *path, size_t n) {
     lw l;
     lw_init(&l);
     for (int k = 0; k < N_L2; k++) {
-        float *a = malloc((size_t)2 * L2_MODS[k].K * sizeof(float)), *b = malloc((size_t)L2_MODS[k].N * 2 * sizeof(float));
+        float *a = malloc((size_t)2 * L2_MODS[k].K * sizeof(float)),
+              *b = malloc((size_t)L2_MODS[k].N * 2 * sizeof(float));
         fill(a, 2 * L2_MODS[k].K, 0.3f);
         fill(b, 2 * L2_MODS[k].N, 0.05f);
         char name[256];
@@ -549,7 +594,8 @@ static double *expected_fused(mmdit_model *m, const char *mod, const char *l2pat
     mmdit_linear *lin = find_linear(m, mod);
     const int64_t N = lin->weight.shape[0], K = lin->weight.shape[1];
     double *w = malloc((size_t)(N * K) * sizeof(double));
-    for (int64_t i = 0; i < N * K; i++) w[i] = tensor_get_f32(&lin->weight, i);
+    for (int64_t i = 0; i < N * K; i++)
+        w[i] = tensor_get_f32(&lin->weight, i);
     const char *paths[2] = {g_lora, l2path};
     const double sc[2] = {s1, s2 * 0.5};
     for (int f = 0; f < 2; f++) {
@@ -565,7 +611,8 @@ static double *expected_fused(mmdit_model *m, const char *mod, const char *l2pat
             for (int64_t i = 0; i < N; i++)
                 for (int64_t j = 0; j < K; j++) {
                     double acc = 0;
-                    for (int64_t q = 0; q < r; q++) acc += (double)tensor_get_f32(&B, i * r + q) * tensor_get_f32(&A, q * K + j);
+                    for (int64_t q = 0; q < r; q++)
+                        acc += (double)tensor_get_f32(&B, i * r + q) * tensor_get_f32(&A, q * K + j);
                     w[i * K + j] += sc[f] * acc;
                 }
         }
@@ -597,8 +644,8 @@ static void test_several(mmdit_model *m) {
     float *fu = fwd(m);
     CHECK(max_diff(fu, rt, g_nout) <= 2e-5, "fused vs run-time: %g", max_diff(fu, rt, g_nout));
     /* Fused weights against the sum computed here (the original weights are still reachable: unfuse). */
-    const char *check_mods[] = {"transformer_blocks.1.attn.to_q", "context_embedder", "transformer_blocks.0.norm1.linear",
-                                "transformer_blocks.0.attn.add_v_proj"};
+    const char *check_mods[] = {"transformer_blocks.1.attn.to_q", "context_embedder",
+                                "transformer_blocks.0.norm1.linear", "transformer_blocks.0.attn.add_v_proj"};
     for (int k = 0; k < 4; k++) {
         mmdit_linear *lin = find_linear(m, check_mods[k]);
         int64_t n = tensor_numel(&lin->weight);
@@ -609,7 +656,8 @@ static void test_several(mmdit_model *m) {
         int64_t ne;
         double *want = expected_fused(m, check_mods[k], l2, 0.7f, 1.5f, &ne);
         double d = 0, mx = 0;
-        for (int64_t i = 0; i < n && ne == n; i++) d = fmax(d, fabs(got[i] - want[i])), mx = fmax(mx, fabs(want[i]));
+        for (int64_t i = 0; i < n && ne == n; i++)
+            d = fmax(d, fabs(got[i] - want[i])), mx = fmax(mx, fabs(want[i]));
         CHECK(ne == n && d <= 8 * 1.2e-7 * mx, "%s: fused weight off by %g (max |w| %g)", check_mods[k], d, mx);
         free(want);
         free(got);
@@ -619,7 +667,8 @@ static void test_several(mmdit_model *m) {
     CHECK(q1->weight.data == q1_before.data && q1->weight.dt == q1_before.dt && !q1->weight.owned,
           "unfuse restores the original weight view");
     float *un = fwd(m);
-    CHECK(un && rt && !memcmp(un, rt, (size_t)g_nout * sizeof(float)), "unfused output equals the run-time one exactly");
+    CHECK(un && rt && !memcmp(un, rt, (size_t)g_nout * sizeof(float)),
+          "unfused output equals the run-time one exactly");
     /* Fuse with a quantised weight among the affected: refused, nothing changes. */
     q1->weight.dt = DT_Q8_ROW;
     CHECK(lora_fuse(m, &err) == SD3_ERR_UNSUPPORTED && strstr(err.msg, "Q8"), "quantised fuse: %s", err.msg);
@@ -660,7 +709,10 @@ static void test_several(mmdit_model *m) {
 static void test_lifetime(const char *dir) {
     mmdit_model m;
     sd3_err err = {0};
-    if (mmdit_load_dir(&m, dir, &err) != SD3_OK) { CHECK(0, "%s", err.msg); return; }
+    if (mmdit_load_dir(&m, dir, &err) != SD3_OK) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
     lora_file *f;
     CHECK(lora_open(&f, g_lora, &err) == SD3_OK, "%s", err.msg);
     CHECK(lora_attach(&m, f, 1.0f, 0, &err) == SD3_OK, "%s", err.msg);
@@ -697,12 +749,16 @@ static void test_clip(void) {
     const int64_t ids[8] = {49406, 320, 1125, 539, 320, 2368, 49407, 49407};
     const int64_t n_out = (int64_t)T * C + C;
     float *out[6];
-    for (int i = 0; i < 6; i++) out[i] = calloc((size_t)n_out, sizeof(float));
+    for (int i = 0; i < 6; i++)
+        out[i] = calloc((size_t)n_out, sizeof(float));
 #define CLIP_RUN(o) CHECK(clip_forward(&cm, ids, 1, T, -2, NULL, (o), (o) + T * C, &err) == SD3_OK, "clip: %s", err.msg)
     CLIP_RUN(out[0]);
     /* Modules: layer 0 q_proj (alpha 1, rank 2), layer 1 fc1 (no alpha), text_projection; kohya copy with
      * the same tensors (q_proj B doubled and alpha 0.5: the same delta). */
-    struct { const char *d, *k; int N, K; } mods[3] = {
+    struct {
+        const char *d, *k;
+        int N, K;
+    } mods[3] = {
         {"text_model.encoder.layers.0.self_attn.q_proj", "text_model_encoder_layers_0_self_attn_q_proj", 32, 32},
         {"text_model.encoder.layers.1.mlp.fc1", "text_model_encoder_layers_1_mlp_fc1", 64, 32},
         {"text_projection", "text_projection", 32, 32},
@@ -722,7 +778,8 @@ static void test_clip(void) {
         snprintf(name, sizeof name, "text_encoder.%s.lora_B.weight", mods[k].d);
         lw_mat(&ld, name, mods[k].N, r, B[k]);
         float *B2 = malloc((size_t)mods[k].N * r * sizeof(float));
-        for (int64_t i = 0; i < (int64_t)mods[k].N * r; i++) B2[i] = k == 0 ? 2 * B[k][i] : B[k][i];
+        for (int64_t i = 0; i < (int64_t)mods[k].N * r; i++)
+            B2[i] = k == 0 ? 2 * B[k][i] : B[k][i];
         snprintf(name, sizeof name, "lora_te1_%s.lora_down.weight", mods[k].k);
         lw_mat(&lk, name, r, mods[k].K, A[k]);
         snprintf(name, sizeof name, "lora_te1_%s.lora_up.weight", mods[k].k);
@@ -732,13 +789,17 @@ static void test_clip(void) {
     lw_scalar(&ld, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.alpha", 1.0f);
     lw_scalar(&lk, "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha", 0.5f);
     lw_scalar(&lk, "lora_te1_text_model_encoder_layers_1_mlp_fc1.alpha", 2.0f);
-    CHECK(lw_write(&ld, "clip_d.safetensors", pd, sizeof pd) == 0 && lw_write(&lk, "clip_k.safetensors", pk, sizeof pk) == 0,
+    CHECK(lw_write(&ld, "clip_d.safetensors", pd, sizeof pd) == 0 &&
+              lw_write(&lk, "clip_k.safetensors", pk, sizeof pk) == 0,
           "write");
-    write_one("clip_bad.safetensors", "text_encoder.text_model.encoder.layers.1.mlp.fc2", 2, 64, 31, 2, pbad, sizeof pbad);
-    write_one("clip_mis.safetensors", "text_encoder.text_model.encoder.layers.7.mlp.fc2", 2, 64, 32, 2, pmis, sizeof pmis);
+    write_one("clip_bad.safetensors", "text_encoder.text_model.encoder.layers.1.mlp.fc2", 2, 64, 31, 2, pbad,
+              sizeof pbad);
+    write_one("clip_mis.safetensors", "text_encoder.text_model.encoder.layers.7.mlp.fc2", 2, 64, 32, 2, pmis,
+              sizeof pmis);
 
     lora_file *fd = NULL, *fk = NULL, *fb = NULL, *fm = NULL;
-    if (lora_open(&fd, pd, &err) || lora_open(&fk, pk, &err) || lora_open(&fb, pbad, &err) || lora_open(&fm, pmis, &err)) {
+    if (lora_open(&fd, pd, &err) || lora_open(&fk, pk, &err) || lora_open(&fb, pbad, &err) ||
+        lora_open(&fm, pmis, &err)) {
         CHECK(0, "%s", err.msg);
     } else {
         const void *q0 = cm.layers[0].q_w.data;
@@ -747,7 +808,8 @@ static void test_clip(void) {
         CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_G, fd, 1.0f, 0, &st, &err) == SD3_OK && !st, "CLIP-G no-op");
         CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fd, 0.8f, 0, &st, &err) == SD3_OK && st, "%s", err.msg);
         CLIP_RUN(out[1]);
-        CHECK(max_diff(out[1], out[0], n_out) > 1e-3, "the CLIP LoRA changes the output (%g)", max_diff(out[1], out[0], n_out));
+        CHECK(max_diff(out[1], out[0], n_out) > 1e-3, "the CLIP LoRA changes the output (%g)",
+              max_diff(out[1], out[0], n_out));
         /* Fused q_proj of layer 0 vs W + 0.8 (1/2) B A in double. */
         float *gotw = malloc(32 * 32 * sizeof(float));
         tensor_to_f32(&cm.layers[0].q_w, 0, 32 * 32, gotw);
@@ -757,7 +819,8 @@ static void test_clip(void) {
         for (int i = 0; i < 32; i++)
             for (int j = 0; j < 32; j++) {
                 double acc = 0;
-                for (int q = 0; q < r; q++) acc += (double)B[0][i * r + q] * A[0][q * 32 + j];
+                for (int q = 0; q < r; q++)
+                    acc += (double)B[0][i * r + q] * A[0][q * 32 + j];
                 double want = tensor_get_f32(&cm.layers[0].q_w, i * 32 + j) + 0.8 * 0.5 * acc;
                 d = fmax(d, fabs(gotw[i * 32 + j] - want)), mx = fmax(mx, fabs(want));
             }
@@ -768,7 +831,8 @@ static void test_clip(void) {
         CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fk, 0.8f, 0, &st, &err) == SD3_OK, "%s", err.msg);
         CLIP_RUN(out[3]);
         lora_clip_unfuse(&cm, &st);
-        CHECK(max_diff(out[3], out[1], n_out) <= 1e-5, "kohya lora_te1_ vs text_encoder.: %g", max_diff(out[3], out[1], n_out));
+        CHECK(max_diff(out[3], out[1], n_out) <= 1e-5, "kohya lora_te1_ vs text_encoder.: %g",
+              max_diff(out[3], out[1], n_out));
         CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fd, 0.4f, 0, &st, &err) == SD3_OK &&
                   lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fd, 0.4f, 0, &st, &err) == SD3_OK,
               "%s", err.msg);
@@ -776,22 +840,26 @@ static void test_clip(void) {
         CHECK(max_diff(out[4], out[1], n_out) <= 1e-5, "0.4 + 0.4 vs 0.8: %g", max_diff(out[4], out[1], n_out));
         lora_clip_unfuse(&cm, &st);
         CLIP_RUN(out[5]);
-        CHECK(!memcmp(out[5], out[0], (size_t)n_out * sizeof(float)), "unfuse after two fuses restores the base exactly");
-        CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fb, 1.0f, 1, &st, &err) == SD3_ERR_SHAPE && strstr(err.msg, "[31, 2]") &&
-                  strstr(err.msg, "[32, 64]") && !st,
+        CHECK(!memcmp(out[5], out[0], (size_t)n_out * sizeof(float)),
+              "unfuse after two fuses restores the base exactly");
+        CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fb, 1.0f, 1, &st, &err) == SD3_ERR_SHAPE &&
+                  strstr(err.msg, "[31, 2]") && strstr(err.msg, "[32, 64]") && !st,
               "misfit: %s", err.msg);
         CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fm, 1.0f, 0, &st, &err) == SD3_ERR_NOT_FOUND &&
                   strstr(err.msg, "layers.7.mlp.fc2'") && !st,
               "unmatched: %s", err.msg);
         g_log[0] = 0;
-        CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fm, 1.0f, 1, &st, &err) == SD3_OK && !st && strstr(g_log, "skipping 1"),
+        CHECK(lora_clip_fuse(&cm, LORA_TARGET_CLIP_L, fm, 1.0f, 1, &st, &err) == SD3_OK && !st &&
+                  strstr(g_log, "skipping 1"),
               "unmatched, lenient: %s", g_log);
         CHECK(cm.layers[0].q_w.data == q0 && cm.layers[1].fc2_w.data != NULL, "model as loaded");
     }
 #undef CLIP_RUN
     lora_close(fd), lora_close(fk), lora_close(fb), lora_close(fm);
-    for (int k = 0; k < 3; k++) free(A[k]), free(B[k]);
-    for (int i = 0; i < 6; i++) free(out[i]);
+    for (int k = 0; k < 3; k++)
+        free(A[k]), free(B[k]);
+    for (int i = 0; i < 6; i++)
+        free(out[i]);
     clip_free(&cm);
     weights_close(&w);
     cJSON_Delete(cfg);
@@ -802,12 +870,16 @@ static void test_spec(void) {
     char p[64];
     float s;
     sd3_err err = {0};
-    CHECK(lora_parse_spec("a.safetensors:0.5", p, sizeof p, &s, &err) == SD3_OK && !strcmp(p, "a.safetensors") && s == 0.5f,
+    CHECK(lora_parse_spec("a.safetensors:0.5", p, sizeof p, &s, &err) == SD3_OK && !strcmp(p, "a.safetensors") &&
+              s == 0.5f,
           "%s %g", p, s);
-    CHECK(lora_parse_spec("dir/a.safetensors", p, sizeof p, &s, &err) == SD3_OK && !strcmp(p, "dir/a.safetensors") && s == 1.0f,
+    CHECK(lora_parse_spec("dir/a.safetensors", p, sizeof p, &s, &err) == SD3_OK && !strcmp(p, "dir/a.safetensors") &&
+              s == 1.0f,
           "%s %g", p, s);
-    CHECK(lora_parse_spec("x:-1.25e0", p, sizeof p, &s, &err) == SD3_OK && !strcmp(p, "x") && s == -1.25f, "%s %g", p, s);
-    CHECK(lora_parse_spec("c:lora.st", p, sizeof p, &s, &err) == SD3_OK && !strcmp(p, "c:lora.st") && s == 1.0f, "%s", p);
+    CHECK(lora_parse_spec("x:-1.25e0", p, sizeof p, &s, &err) == SD3_OK && !strcmp(p, "x") && s == -1.25f, "%s %g", p,
+          s);
+    CHECK(lora_parse_spec("c:lora.st", p, sizeof p, &s, &err) == SD3_OK && !strcmp(p, "c:lora.st") && s == 1.0f, "%s",
+          p);
     CHECK(lora_parse_spec("x:", p, sizeof p, &s, &err) == SD3_OK && !strcmp(p, "x:"), "%s", p);
     CHECK(lora_parse_spec("x:inf", p, sizeof p, &s, &err) == SD3_ERR_INVALID_ARG, "inf scale");
     CHECK(lora_parse_spec(":0.5", p, sizeof p, &s, &err) == SD3_OK && !strcmp(p, ":0.5"), "%s", p);
@@ -823,12 +895,19 @@ static int load_inputs(void) {
     snprintf(path, sizeof path, "%s/diffusion/lora/lora_forward.safetensors", g_root);
     st_file *st;
     sd3_err err = {0};
-    if (st_open(&st, path, &err) != SD3_OK) { CHECK(0, "%s", err.msg); return -1; }
+    if (st_open(&st, path, &err) != SD3_OK) {
+        CHECK(0, "%s", err.msg);
+        return -1;
+    }
     tensor t[4];
     const char *names[4] = {"hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"};
     float **dst[4] = {&g_x, &g_ctx, &g_pooled, &g_t};
     for (int i = 0; i < 4; i++) {
-        if (st_get(st, names[i], &t[i], &err) != SD3_OK) { CHECK(0, "%s", err.msg); st_close(st); return -1; }
+        if (st_get(st, names[i], &t[i], &err) != SD3_OK) {
+            CHECK(0, "%s", err.msg);
+            st_close(st);
+            return -1;
+        }
         *dst[i] = malloc((size_t)tensor_numel(&t[i]) * sizeof(float));
         tensor_to_f32(&t[i], 0, tensor_numel(&t[i]), *dst[i]);
     }
@@ -878,8 +957,9 @@ int main(int argc, char **argv) {
     test_spec();
     free(g_x), free(g_ctx), free(g_pooled), free(g_t);
 
-    const char *files[] = {"kohya", "original", "swap_k", "swap_d", "shape", "unmatched", "incomplete", "dora",
-                           "te", "alpha", "int", "empty", "l2", "clip_d", "clip_k", "clip_bad", "clip_mis"};
+    const char *files[] = {"kohya",      "original", "swap_k", "swap_d",   "shape",   "unmatched",
+                           "incomplete", "dora",     "te",     "alpha",    "int",     "empty",
+                           "l2",         "clip_d",   "clip_k", "clip_bad", "clip_mis"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char p[512];
         snprintf(p, sizeof p, "%s/%s.safetensors", g_tmp, files[i]);

@@ -32,6 +32,8 @@ static const struct { const char *suffix; int part; } SUFFIXES[] = {
     {".lora_linear_layer.up.weight", PART_B},
     {".alpha", PART_ALPHA},
     {".dora_scale", PART_DORA},
+    {".lora_magnitude_vector", PART_DORA},        /* PEFT's DoRA magnitude */
+    {".lora_magnitude_vector.weight", PART_DORA},
 };
 
 /* Module stem prefixes: which model and how the rest of the name is spelled. */

@@ -35,8 +35,8 @@
  * Errors: a module that maps onto no Linear of the model, or a tensor that is not part of a LoRA, fails
  * lora_attach listing the first few names and the count (lenient: LOG_WARN and go on without them); a
  * rank / in / out mismatch fails naming the key and both shapes; A without B (or B without A) and DoRA
- * (.dora_scale) modules fail too (lenient: warned about and skipped / applied without the magnitude, as
- * diffusers does). lora_attach changes nothing when it fails.
+ * (.dora_scale / .lora_magnitude_vector) modules fail too (lenient: warned about and skipped / applied
+ * without the magnitude, as diffusers does). lora_attach changes nothing when it fails.
  *
  * Fusing: each affected weight becomes an owned F32 copy W + sum_i s_i B_i A_i (F32/F16/BF16 bases only;
  * quantised bases are SD3_ERR_UNSUPPORTED for fusing, run-time adapters work on any weight dtype k_linear

@@ -92,9 +92,11 @@ sd3_status lora_clip_fuse(clip_model *m, lora_target which, const lora_file *f, 
             }
         }
         tensor *w = NULL;
-        for (int j = 0; j < n_lin && !w; j++)
-            if (md->naming == LORA_NAME_DIFFUSERS ? !strcmp(md->path, lins[j].name) : lora_us_equal(md->path, lins[j].name))
-                w = lins[j].w;
+        for (int j = 0; j < n_lin && !w; j++) {
+            int same = md->naming == LORA_NAME_DIFFUSERS ? !strcmp(md->path, lins[j].name)
+                                                         : lora_us_equal(md->path, lins[j].name);
+            if (same) w = lins[j].w;
+        }
         if (!w) {
             unmatched[n_unmatched++] = md->stem;
             continue;
