@@ -74,6 +74,16 @@ typedef struct ms_component {
     char dir[MS_PATH_MAX]; /* <root>/<name> */
 } ms_component;
 
+/* Component overrides and config sources for single files (filled by comp_set_overrides in
+ * src/pipeline/components.h; all "" after ms_open). */
+typedef struct ms_overrides {
+    char te[3][MS_PATH_MAX];        /* --clip-l, --clip-g, --t5xxl files ("" = from the model) */
+    char vae[MS_PATH_MAX];          /* --vae file ("" = from the model) */
+    char config_dir[MS_PATH_MAX];   /* a diffusers-layout folder whose <component>/config.json replace the
+                                       configs inferred from tensor shapes (diffusers' from_single_file(config=)) */
+    char tokenizers[MS_PATH_MAX];   /* tokenizer fallback folder (clip/, clip_g/, t5/); "" = search */
+} ms_overrides;
+
 typedef struct model_store {
     ms_kind kind;
     char path[MS_PATH_MAX];        /* the folder (pipeline) or the file (single file) */
@@ -84,6 +94,7 @@ typedef struct model_store {
     int n_comp;
     unsigned single_parts;         /* MS_PART_* flags (single file only) */
     int single_n_tensors;          /* tensors in the single file */
+    ms_overrides ov;               /* component overrides (src/pipeline/components.h) */
 } model_store;
 
 /* Open path: a folder with model_index.json, a .safetensors file (classified only), or, when path does

@@ -1,6 +1,7 @@
 /* encode_prompt.c — diffusers' SD3 encode_prompt over our tokenizers and text encoders (see the header). */
 #include <string.h>
 #include "io/json_util.h"
+#include "pipeline/components.h"
 #include "pipeline/encode_prompt.h"
 #include "text/clip.h"
 #include "text/clip_tok.h"
@@ -54,15 +55,13 @@ static sd3_status run_clip(const model_store *ms, const char *tok_name, const ch
     memset(&tok, 0, sizeof tok);
     clip_model m;
     memset(&m, 0, sizeof m);
-    weights w;
-    memset(&w, 0, sizeof w);
-    cJSON *cfg = NULL;
+    comp_te te;
+    memset(&te, 0, sizeof te);
     int64_t *ids = NULL;
     float *hid = NULL, *pooled = NULL, *tmp = NULL;
 
-    const char *td = ms_component_dir(ms, tok_name);
-    if (!td) return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: pipeline has no %s", ms->path, tok_name);
-    snprintf(dir, sizeof dir, "%s", td);
+    /* folder, single file or override (components.h) */
+    if ((s = comp_tokenizer_dir(ms, comp_role_of(enc_name), dir, sizeof dir, err))) goto done;
     if ((s = clip_tok_load(&tok, dir, err))) goto done;
     ids = malloc(sizeof(int64_t) * CLIP_T * (size_t)tx->n);
     if (!ids) { s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory"); goto done; }
@@ -73,9 +72,8 @@ static sd3_status run_clip(const model_store *ms, const char *tok_name, const ch
             goto done;
         }
     }
-    if (!(cfg = ms_load_config(ms, enc_name, err))) { s = err ? err->status : SD3_ERR_IO; goto done; }
-    if ((s = ms_open_weights(ms, enc_name, &w, err))) goto done;
-    if ((s = clip_load(&m, &w, cfg, enc_name, err))) goto done;
+    if ((s = comp_te_open(ms, comp_role_of(enc_name), &te, err))) goto done;
+    if ((s = clip_load(&m, &te.w, te.config, enc_name, err))) goto done;
     int C = m.cfg.hidden_size, P = m.cfg.projection_dim;
     hid = sd3_malloc(sizeof(float) * (size_t)tx->n * CLIP_T * C);
     pooled = sd3_malloc(sizeof(float) * (size_t)tx->n * P);
@@ -97,8 +95,7 @@ done:
     sd3_free(pooled);
     free(ids);
     clip_free(&m);
-    weights_close(&w);
-    cJSON_Delete(cfg);
+    comp_te_close(&te);
     clip_tok_free(&tok);
     return s;
 }
@@ -110,14 +107,13 @@ static sd3_status run_t5(const model_store *ms, const texts *tx, int T, float **
     memset(&tok, 0, sizeof tok);
     t5_model m;
     memset(&m, 0, sizeof m);
-    weights w;
-    memset(&w, 0, sizeof w);
-    cJSON *cfg = NULL;
+    comp_te te;
+    memset(&te, 0, sizeof te);
     int64_t *ids = NULL, *mask = NULL;
     float *h = NULL;
 
-    const char *td = ms_component_dir(ms, "tokenizer_3");
-    if (!td) return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: pipeline has no tokenizer_3", ms->path);
+    char td[MS_PATH_MAX];
+    if ((s = comp_tokenizer_dir(ms, TE_ROLE_T5, td, sizeof td, err))) goto done;
     if ((s = t5_tok_load(&tok, td, err))) goto done;
     ids = malloc(sizeof(int64_t) * (size_t)T * tx->n);
     mask = malloc(sizeof(int64_t) * (size_t)T);
@@ -127,9 +123,8 @@ static sd3_status run_t5(const model_store *ms, const texts *tx, int T, float **
             sd3_err_prefix(err, "tokenizer_3 (prompt %d)", i);
             goto done;
         }
-    if (!(cfg = ms_load_config(ms, "text_encoder_3", err))) { s = err ? err->status : SD3_ERR_IO; goto done; }
-    if ((s = ms_open_weights(ms, "text_encoder_3", &w, err))) goto done;
-    if ((s = t5_load(&m, &w, cfg, "text_encoder_3", err))) goto done;
+    if ((s = comp_te_open(ms, TE_ROLE_T5, &te, err))) goto done;
+    if ((s = t5_load(&m, &te.w, te.config, "text_encoder_3", err))) goto done;
     int d = m.cfg.d_model;
     h = sd3_malloc(sizeof(float) * (size_t)tx->n * T * d);
     if (!h) { s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory for T5 activations"); goto done; }
@@ -142,8 +137,7 @@ done:
     free(ids);
     free(mask);
     t5_free(&m);
-    weights_close(&w);
-    cJSON_Delete(cfg);
+    comp_te_close(&te);
     t5_tok_free(&tok);
     return s;
 }
@@ -152,11 +146,7 @@ done:
  * else 4096 (SD3). */
 static int joint_width(const model_store *ms, int t5_d) {
     if (t5_d > 0) return t5_d;
-    sd3_err e = {0};
-    cJSON *c = ms_has(ms, "transformer") ? ms_load_config(ms, "transformer", &e) : NULL;
-    int J = json_int(c, "joint_attention_dim", 4096);
-    cJSON_Delete(c);
-    return J;
+    return comp_joint_width(ms);
 }
 
 sd3_status encode_prompt(const model_store *ms, const encode_req *r, encode_out *o, sd3_err *err) {
@@ -165,7 +155,7 @@ sd3_status encode_prompt(const model_store *ms, const encode_req *r, encode_out 
         return sd3_errf(err, SD3_ERR_INVALID_ARG, "encode_prompt: %d prompts (1..%d)", r->n_prompts, MAX_PROMPTS);
     if (r->num_images_per_prompt < 1) return sd3_errf(err, SD3_ERR_INVALID_ARG, "num_images_per_prompt must be >= 1");
     if (r->clip_skip < 0) return sd3_errf(err, SD3_ERR_INVALID_ARG, "clip_skip must be >= 0");
-    int use_t5 = !r->no_t5 && ms_has(ms, "text_encoder_3") && ms_has(ms, "tokenizer_3");
+    int use_t5 = !r->no_t5 && comp_has_t5(ms);
     if (use_t5 && (r->max_sequence_length < 1 || r->max_sequence_length > 512))
         return sd3_errf(err, SD3_ERR_INVALID_ARG, "max_sequence_length %d: must be in [1, 512]", r->max_sequence_length);
 

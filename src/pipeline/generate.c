@@ -4,6 +4,7 @@
 #include "io/json_util.h"
 #include "lora/lora.h"
 #include "mmdit/mmdit.h"
+#include "pipeline/components.h"
 #include "pipeline/generate.h"
 #include "sample/flow.h"
 #include "vae/vae.h"
@@ -23,20 +24,10 @@ static void tap(const pipe_taps *t, const char *name, int step, const float *x, 
     if (t && t->fn) t->fn(t->user, name, step, x, n);
 }
 
-/* Open the VAE of the model: the pipeline's vae/ folder, or first_stage_model.* of a single file. */
-static sd3_status open_vae(const model_store *ms, vae_model *v, sd3_err *err) {
-    if (ms->kind == MS_SINGLE_FILE) return vae_open_file(v, ms->path, NULL, err);
-    const char *d = ms_component_dir(ms, "vae");
-    if (!d) return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: pipeline has no vae", ms->path);
-    return vae_open_dir(v, d, err);
-}
+/* Open the VAE / the MMDiT from wherever the model keeps them (folder, single file, --vae; components.h). */
+static sd3_status open_vae(const model_store *ms, vae_model *v, sd3_err *err) { return comp_open_vae(ms, v, err); }
 
-static sd3_status open_mmdit(const model_store *ms, mmdit_model *m, sd3_err *err) {
-    if (ms->kind == MS_SINGLE_FILE) return mmdit_load_file(m, ms->path, NULL, err);
-    const char *d = ms_component_dir(ms, "transformer");
-    if (!d) return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: pipeline has no transformer", ms->path);
-    return mmdit_load_dir(m, d, err);
-}
+static sd3_status open_mmdit(const model_store *ms, mmdit_model *m, sd3_err *err) { return comp_open_mmdit(ms, m, err); }
 
 /* The scheduler from scheduler/scheduler_config.json (SD3's defaults for a single file), with an
  * optional shift override. */

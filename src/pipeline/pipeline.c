@@ -4,6 +4,7 @@
 #include <string.h>
 #include "io/image.h"
 #include "io/safetensors.h"
+#include "pipeline/components.h"
 #include "pipeline/generate.h"
 #include "pipeline/pipeline.h"
 
@@ -16,9 +17,6 @@ sd3_status sd3_load(sd3_ctx *ctx, const sd3_model_params *mp) {
     sd3_err_clear(&ctx->err);
     pipeline_unload(ctx);
     if (!mp || !mp->model || !*mp->model) return sd3_errf(&ctx->err, SD3_ERR_INVALID_ARG, "model: no model given");
-    if (mp->clip_l || mp->clip_g || mp->t5xxl || mp->vae)
-        return sd3_errf(&ctx->err, SD3_ERR_UNSUPPORTED,
-                        "--clip-l/--clip-g/--t5xxl/--vae: component overrides are not supported yet; use a diffusers folder");
     sd3_status s = ms_open(&ctx->ms, mp->model, &ctx->err);
     if (s != SD3_OK) {
         if (ms_is_repo_id(mp->model) && s == SD3_ERR_NOT_FOUND) {
@@ -31,11 +29,10 @@ sd3_status sd3_load(sd3_ctx *ctx, const sd3_model_params *mp) {
         }
         return s;
     }
-    if (ctx->ms->kind == MS_SINGLE_FILE) {
+    /* --clip-l/--clip-g/--t5xxl/--vae, checked now (components.h) */
+    if ((s = comp_set_overrides(ctx->ms, mp->clip_l, mp->clip_g, mp->t5xxl, mp->vae, &ctx->err))) {
         pipeline_unload(ctx);
-        return sd3_errf(&ctx->err, SD3_ERR_UNSUPPORTED,
-                        "%s: single-file checkpoints load for the transformer and VAE, but generating from one needs the text "
-                        "encoders and tokenizers, which are not wired yet; use a diffusers folder", mp->model);
+        return s;
     }
     ctx->model = *mp;
     return SD3_OK;

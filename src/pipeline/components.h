@@ -1,0 +1,76 @@
+/*
+ * components.h — where each component of a generation comes from, whatever the model is:
+ *
+ *   component        diffusers folder (-m DIR)      single file (-m FILE)                      override
+ *   CLIP-L           text_encoder/                  text_encoders.clip_l.transformer.*         --clip-l FILE
+ *   CLIP-G           text_encoder_2/                text_encoders.clip_g.transformer.*         --clip-g FILE
+ *   T5-XXL           text_encoder_3/                text_encoders.t5xxl.transformer.*          --t5xxl FILE
+ *   MMDiT            transformer/                   model.diffusion_model.*                    -
+ *   VAE              vae/                           first_stage_model.*                        --vae FILE
+ *   tokenizers       tokenizer{,_2,_3}/             models/tokenizers/{clip,clip_g,t5}/ (shipped)
+ *
+ * An override wins over the model; an override file holds the encoder's transformers keys, under any
+ * prefix (te_single.h). A T5 that is nowhere (sd3_medium.safetensors without --t5xxl) means "no T5":
+ * zeros, as text_encoder_3=None. A CLIP that is nowhere is an error saying which flag to pass.
+ *
+ * Configs: from the component folder's config.json; for single files and overrides from
+ * <ov.config_dir>/<component>/config.json when a config folder is given (diffusers' from_single_file(config=);
+ * the tiny test models need it), else inferred from the tensor shapes (te_single.h for the text encoders,
+ * mmdit_config_infer, vae_config_infer).
+ *
+ * CLIP-L's text_projection: taken from a diffusers folder as it is. From a single file or an override
+ * file it is the identity, whether or not the file carries one: diffusers' single-file loader
+ * (create_diffusers_clip_model_from_ldm) sets text_projection = eye(C) for the SD3 CLIP-L, and ComfyUI and
+ * stable-diffusion.cpp pool SD3's CLIP-L without a projection, so the pooled CLIP-L vector is the final-LN
+ * eos state itself. CLIP-G's text_projection must be in the file (all three keep it).
+ *
+ * Tokenizers: the pipeline folder's tokenizer/, tokenizer_2/, tokenizer_3/ when present, else the
+ * fallback folder: ov.tokenizers, else $SD3_TOKENIZERS, else <exe dir>/../share/sd3c/tokenizers,
+ * <exe dir>/models/tokenizers, <exe dir>/../models/tokenizers, <exe dir>/../../models/tokenizers (a build
+ * folder inside the source tree), then SD3_TOKENIZERS_DIR (compiled in, default
+ * /usr/local/share/sd3c/tokenizers). The fallback holds clip/ (CLIP-L: vocab.json, merges.txt and
+ * SD3's tokenizer/ configs), clip_g/ (the same vocabulary with tokenizer_2/'s configs: pad "!" = id 0,
+ * which is also an added token) and t5/ (spiece.model and tokenizer_3/'s configs).
+ */
+#ifndef SD3_PIPELINE_COMPONENTS_H
+#define SD3_PIPELINE_COMPONENTS_H
+
+#include <cjson/cJSON.h>
+#include "io/model_store.h"
+#include "mmdit/mmdit.h"
+#include "text/te_single.h"
+#include "vae/vae.h"
+
+/* A text encoder's weights and config, from wherever they are. */
+typedef struct comp_te {
+    weights w;            /* what the model binds: diffusers keys, prefix applied */
+    weights owned;        /* the files opened for it (closed by comp_te_close) */
+    st_file *eye;         /* in-memory file holding the identity text_projection (CLIP-L outside a folder) */
+    void *eye_buf;
+    cJSON *config;
+    char label[MS_PATH_MAX];  /* what errors call it: the folder, the file, or "file:prefix" */
+} comp_te;
+
+/* Record the overrides (any may be NULL or "") in ms->ov and check each file now: it must exist and hold
+ * the expected model (the text encoder of that role, or a VAE); the error names the file, the flag and
+ * what was expected. Single-file models are checked to have an MMDiT. */
+sd3_status comp_set_overrides(model_store *ms, const char *clip_l, const char *clip_g, const char *t5xxl, const char *vae,
+                              sd3_err *err);
+
+/* Whether the T5 is available (folder, single file or override) with a tokenizer. */
+int comp_has_t5(const model_store *ms);
+/* Role of a diffusers folder name ("text_encoder" -> CLIP-L, "text_encoder_2" -> CLIP-G, else T5). */
+te_role comp_role_of(const char *folder);
+/* Open a text encoder's weights and config (see the table above). */
+sd3_status comp_te_open(const model_store *ms, te_role role, comp_te *te, sd3_err *err);
+void comp_te_close(comp_te *te);
+/* The tokenizer folder of a role into out. */
+sd3_status comp_tokenizer_dir(const model_store *ms, te_role role, char *out, size_t n, sd3_err *err);
+
+/* Open the MMDiT / the VAE from the model (or the --vae override). */
+sd3_status comp_open_mmdit(const model_store *ms, mmdit_model *m, sd3_err *err);
+sd3_status comp_open_vae(const model_store *ms, vae_model *v, sd3_err *err);
+/* The transformer's joint attention width (context_embedder input), 4096 when it cannot be read. */
+int comp_joint_width(const model_store *ms);
+
+#endif /* SD3_PIPELINE_COMPONENTS_H */
