@@ -72,7 +72,8 @@ typedef struct sd3_model_params {
     const char *model;
     const char *clip_l, *clip_g, *t5xxl, *vae;
     int no_t5;             /* run without T5 (zeros in its place), like text_encoder_3=None */
-    int keep_loaded;       /* keep every component resident (default: load, use, release each in turn) */
+    int keep_loaded;       /* reserved: keeping components resident between calls is not implemented yet
+                              (every call loads, uses and releases each component in turn) */
 } sd3_model_params;
 sd3_model_params sd3_model_params_default(void);
 

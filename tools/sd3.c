@@ -265,7 +265,6 @@ static int cmd_generate(int argc, char **argv) {
             gp.lora_scales = lora_scale;
         } else if (!strcmp(a, "--lora-lenient")) gp.lora_lenient = 1;
         else if (!strcmp(a, "--no-t5")) mp.no_t5 = 1;
-        else if (!strcmp(a, "--keep-loaded")) mp.keep_loaded = 1;
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) verbose = 1;
         else die(2, "unknown option '%s' (see sd3 generate --help)", a);
     }
