@@ -232,6 +232,34 @@ int main(int argc, char **argv) {
     double tc = time_conv(256, 64, g_quick ? 1 : 2, &cflops), gc = cflops / tc * 1e-9;
     printf("conv2d 3x3 256->256 64x64 F32: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", tc * 1e3, gc, gc / peak32);
 
+    /* row ops at MMDiT sizes (memory-bound: reported as GB/s of input + output) */
+    {
+        int R = 2 * 1357, C = 1536;
+        size_t n = (size_t)R * C, nf = (size_t)2048 * 6144;
+        float *x = rnd(nf), *y = sd3_malloc(sizeof(float) * nf), *sh = rnd((size_t)C), *sc = rnd((size_t)C);
+        tensor w = rnd_tensor(DT_F32, 1, C), b = rnd_tensor(DT_F32, 1, C);
+        double best[5] = {1e30, 1e30, 1e30, 1e30, 1e30};
+        for (int r = 0; r < 3; r++) {
+            double t0 = sd3_time();
+            k_layernorm(y, x, NULL, NULL, R, C, 1e-6f);
+            double t1 = sd3_time();
+            k_rmsnorm(y, x, &w, R, C, 1e-6f);
+            double t2 = sd3_time();
+            k_modulate(y, x, sh, sc, R, C);
+            double t3 = sd3_time();
+            k_gelu_tanh(y, x, nf);
+            double t4 = sd3_time();
+            k_softmax(x, 2 * 24 * 8, 1357);
+            double t5 = sd3_time();
+            double d[5] = {t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4};
+            for (int i = 0; i < 5; i++) if (d[i] < best[i]) best[i] = d[i];
+        }
+        printf("layernorm %dx%d: %.2f ms (%.1f GB/s) | rmsnorm: %.2f ms | modulate: %.2f ms (%.1f GB/s) | gelu_tanh %zu: %.2f ms "
+               "(%.0f Melem/s) | softmax 384x1357: %.2f ms\n", R, C, best[0] * 1e3, 8.0 * n / best[0] * 1e-9, best[1] * 1e3,
+               best[2] * 1e3, 8.0 * n / best[2] * 1e-9, nf, best[3] * 1e3, nf / best[3] * 1e-6, best[4] * 1e3);
+        sd3_free(x); sd3_free(y); sd3_free(sh); sd3_free(sc); tensor_free(&w); tensor_free(&b);
+    }
+
     /* the peak again: if it moved, other processes shared the cores during the run */
     double peak32_end = 0;
 #ifdef HAVE_X86

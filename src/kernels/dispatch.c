@@ -136,30 +136,53 @@ void k_softmax(float *x, int rows, int n) {
     par_range((size_t)rows, (size_t)n, 1, softmax_rows, &c);
 }
 
-/* ---- layernorm / rmsnorm: rows split over the pool, the ref on each chunk of rows ---- */
-typedef struct { float *y; const float *x; const tensor *w, *b; int C; float eps; int rms; } norm_ctx;
+/* ---- layernorm / rmsnorm: rows split over the pool; vector rows where the ISA has them ---- */
+typedef struct { float *y; const float *x; const tensor *w, *b; const float *wf, *bf; int C; float eps; int rms; const kc_isa *isa; } norm_ctx;
 
 static void norm_rows(void *c, size_t r0, size_t r1) {
     norm_ctx *s = c;
     int64_t off = (int64_t)r0 * s->C;
-    if (s->rms) k_rmsnorm_ref(s->y + off, s->x + off, s->w, (int)(r1 - r0), s->C, s->eps);
-    else k_layernorm_ref(s->y + off, s->x + off, s->w, s->b, (int)(r1 - r0), s->C, s->eps);
+    int n = (int)(r1 - r0);
+    if (s->rms) {
+        if (s->isa->rmsnorm) s->isa->rmsnorm(s->y + off, s->x + off, s->wf, n, s->C, s->eps);
+        else k_rmsnorm_ref(s->y + off, s->x + off, s->w, n, s->C, s->eps);
+    } else {
+        if (s->isa->layernorm) s->isa->layernorm(s->y + off, s->x + off, s->wf, s->bf, n, s->C, s->eps);
+        else k_layernorm_ref(s->y + off, s->x + off, s->w, s->b, n, s->C, s->eps);
+    }
+}
+
+/* A per-channel parameter widened to F32 once per call (NULL stays NULL). */
+static float *widen(const tensor *t, int n) {
+    if (!t) return NULL;
+    float *p = sd3_malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    SD3_ASSERT(p);
+    tensor_to_f32(t, 0, n, p);
+    return p;
+}
+
+static void norm_run(float *y, const float *x, const tensor *w, const tensor *b, int rows, int C, float eps, int rms,
+                     const kc_isa *isa) {
+    norm_ctx c = {y, x, w, b, widen(w, C), widen(b, C), C, eps, rms, isa};
+    par_range((size_t)rows, (size_t)C * 4, 1, norm_rows, &c);
+    sd3_free((void *)c.wf);
+    sd3_free((void *)c.bf);
 }
 
 void k_layernorm(float *y, const float *x, const tensor *w, const tensor *b, int rows, int C, float eps) {
-    if (!pick()) { k_layernorm_ref(y, x, w, b, rows, C, eps); return; }
-    norm_ctx c = {y, x, w, b, C, eps, 0};
-    par_range((size_t)rows, (size_t)C * 4, 1, norm_rows, &c);
+    const kc_isa *isa = pick();
+    if (!isa) { k_layernorm_ref(y, x, w, b, rows, C, eps); return; }
+    norm_run(y, x, w, b, rows, C, eps, 0, isa);
 }
 
 void k_rmsnorm(float *y, const float *x, const tensor *w, int rows, int C, float eps) {
-    if (!pick()) { k_rmsnorm_ref(y, x, w, rows, C, eps); return; }
-    norm_ctx c = {y, x, w, NULL, C, eps, 1};
-    par_range((size_t)rows, (size_t)C * 4, 1, norm_rows, &c);
+    const kc_isa *isa = pick();
+    if (!isa) { k_rmsnorm_ref(y, x, w, rows, C, eps); return; }
+    norm_run(y, x, w, NULL, rows, C, eps, 1, isa);
 }
 
-/* ---- groupnorm: (image, group) pairs split over the pool; each is the ref on a one-group view ---- */
-typedef struct { float *y; const float *x; const tensor *w, *b; int C, HW, G; float eps; } gn_ctx;
+/* ---- groupnorm: (image, group) pairs split over the pool ---- */
+typedef struct { float *y; const float *x; const tensor *w, *b; const float *wf, *bf; int C, HW, G; float eps; const kc_isa *isa; } gn_ctx;
 
 /* A view of channels [c0, c0 + n) of a per-channel tensor (NULL stays NULL). */
 static const tensor *chan_view(const tensor *t, int c0, int n, tensor *view) {
@@ -178,16 +201,24 @@ static void gn_items(void *c, size_t i0, size_t i1) {
     for (size_t it = i0; it < i1; it++) {
         int n = (int)(it / (size_t)s->G), g = (int)(it % (size_t)s->G);
         int64_t off = ((int64_t)n * s->C + (int64_t)g * cg) * s->HW;
-        tensor wv, bv;
-        k_groupnorm_ref(s->y + off, s->x + off, chan_view(s->w, g * cg, cg, &wv), chan_view(s->b, g * cg, cg, &bv), 1, cg, s->HW, 1,
-                        s->eps);
+        if (s->isa->groupnorm_group) {
+            s->isa->groupnorm_group(s->y + off, s->x + off, s->wf ? s->wf + g * cg : NULL, s->bf ? s->bf + g * cg : NULL, cg, s->HW,
+                                    s->eps);
+        } else {
+            tensor wv, bv;
+            k_groupnorm_ref(s->y + off, s->x + off, chan_view(s->w, g * cg, cg, &wv), chan_view(s->b, g * cg, cg, &bv), 1, cg, s->HW, 1,
+                            s->eps);
+        }
     }
 }
 
 void k_groupnorm(float *y, const float *x, const tensor *w, const tensor *b, int N, int C, int HW, int G, float eps) {
-    if (!pick()) { k_groupnorm_ref(y, x, w, b, N, C, HW, G, eps); return; }
-    gn_ctx c = {y, x, w, b, C, HW, G, eps};
+    const kc_isa *isa = pick();
+    if (!isa) { k_groupnorm_ref(y, x, w, b, N, C, HW, G, eps); return; }
+    gn_ctx c = {y, x, w, b, widen(w, C), widen(b, C), C, HW, G, eps, isa};
     par_range((size_t)N * G, (size_t)(C / G) * HW * 4, 1, gn_items, &c);
+    sd3_free((void *)c.wf);
+    sd3_free((void *)c.bf);
 }
 
 /* ---- activations ---- */

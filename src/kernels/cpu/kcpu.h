@@ -37,6 +37,10 @@ typedef struct kc_isa {
     /* flash attention for one (batch, head, query tile); NULL = use the portable one */
     void (*attn_tile)(float *o, const float *q, const float *k, const float *v, const struct attn_params *p, int b, int h,
                       int i0, int i1, float *scratch);
+    /* vector norms (NULL = the refs); affine parameters already widened to F32, NULL for none */
+    void (*layernorm)(float *y, const float *x, const float *w, const float *b, int rows, int C, float eps);
+    void (*rmsnorm)(float *y, const float *x, const float *w, int rows, int C, float eps);
+    void (*groupnorm_group)(float *y, const float *x, const float *w, const float *b, int cg, int HW, float eps);
     /* vector row helpers for norms/activations (NULL = portable) */
     void (*act)(int kind, float *y, const float *x, size_t n);
 } kc_isa;
