@@ -104,18 +104,28 @@ static inline __attribute__((always_inline)) void score_rows(const int R, const 
         if (lim < 0) lim = 0;
         const float *brow = p->bias ? p->bias + ((int64_t)h * p->Tq + i) * p->Tk + j0 : NULL;
         __m512 s[4], mx = ninf;
+        if (lim == BK) { /* full tile: no masking */
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; c++) {
-            __mmask16 valid = _mm512_cmplt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(16 * c)), _mm512_set1_epi32(lim));
-            __m512 v = _mm512_mul_ps(acc[r][c], sc);
-            if (brow) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(valid, brow + 16 * c));
-            s[c] = _mm512_mask_blend_ps(valid, ninf, v);
-            mx = _mm512_max_ps(mx, s[c]);
+            for (int c = 0; c < 4; c++) {
+                __m512 v = _mm512_mul_ps(acc[r][c], sc);
+                if (brow) v = _mm512_add_ps(v, _mm512_loadu_ps(brow + 16 * c));
+                s[c] = v;
+                mx = _mm512_max_ps(mx, v);
+            }
+        } else {
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                __mmask16 valid = _mm512_cmplt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(16 * c)), _mm512_set1_epi32(lim));
+                __m512 v = _mm512_mul_ps(acc[r][c], sc);
+                if (brow) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(valid, brow + 16 * c));
+                s[c] = _mm512_mask_blend_ps(valid, ninf, v);
+                mx = _mm512_max_ps(mx, s[c]);
+            }
         }
         float mn = _mm512_reduce_max_ps(mx);
         if (m[r] > mn) mn = m[r];
         float mu = mn == -INFINITY ? 0.0f : mn;
-        float al = expf(m[r] - mu);
+        float al = mn == m[r] ? 1.0f : expf(m[r] - mu);  /* the max did not move: nothing to rescale */
         __m512 muv = _mm512_set1_ps(mu), sum = _mm512_setzero_ps();
         float *Sr = S + (int64_t)r * BK;
 #pragma GCC unroll 4
@@ -124,7 +134,8 @@ static inline __attribute__((always_inline)) void score_rows(const int R, const 
             sum = _mm512_add_ps(sum, e);
             _mm512_store_ps(Sr + 16 * c, e);
         }
-        l[r] = l[r] * al + _mm512_reduce_add_ps(sum);
+        /* the running sum stays a vector of 16 partial sums (reduced once, at the end) */
+        _mm512_store_ps(l + 16 * r, _mm512_fmadd_ps(_mm512_load_ps(l + 16 * r), _mm512_set1_ps(al), sum));
         alpha[r] = al;
         m[r] = mn;
     }
@@ -168,9 +179,10 @@ static inline __attribute__((always_inline)) void pv_rows(const int R, float *O,
     }
 }
 
-/* Pack K^T for keys [0, nk) of one head into Kt [D][ldkt] (zero beyond nk up to ldkt): 16x16 blocks
- * transposed in registers. */
+/* Pack K^T for keys [0, nk) of one head, tile by tile: tile t (keys t·BK ..) is a contiguous [D][BK]
+ * block at Kt + t·D·BK (zero beyond nk up to ldkt keys); 16x16 blocks transposed in registers. */
 static void pack_kt(float *Kt, int64_t ldkt, const float *kb, int64_t k_ld, int nk, int D) {
+    const int64_t Dk = D;
     for (int j = 0; j < (int)ldkt; j += 16) {
         int rows = nk - j < 16 ? (nk - j > 0 ? nk - j : 0) : 16;
         for (int d = 0; d < D; d += 16) {
@@ -180,7 +192,8 @@ static void pack_kt(float *Kt, int64_t ldkt, const float *kb, int64_t k_ld, int 
 #pragma GCC unroll 16
             for (int i = 0; i < 16; i++) r[i] = i < rows ? _mm512_maskz_loadu_ps(m, kb + (int64_t)(j + i) * k_ld + d) : _mm512_setzero_ps();
             transpose16(r);
-            for (int t = 0; t < dl; t++) _mm512_store_ps(Kt + (int64_t)(d + t) * ldkt + j, r[t]);
+            float *blk = Kt + (int64_t)(j / BK) * Dk * BK + (j % BK);   /* tile-major: [tile][D][BK] */
+            for (int t = 0; t < dl; t++) _mm512_store_ps(blk + (int64_t)(d + t) * BK, r[t]);
         }
     }
 }
@@ -194,8 +207,9 @@ void kc_attn_tile_avx512(float *o, const float *q, const float *k, const float *
     if (p->causal && i1 < Tk) Tk = i1;                 /* keys past the last query row are all masked */
     int64_t ldkt = (int64_t)(Tk + BK - 1) / BK * BK;
     if (ldkt == 0) ldkt = BK;
-    float *S = scratch, *O = S + (size_t)BQ * BK, *m = O + (size_t)BQ * Dp, *l = m + BQ, *alpha = l + BQ;
-    float *Kt = alpha + BQ + 16 - (BQ * 3) % 16;       /* keep Kt 64-byte aligned */
+    /* S [BQ][BK], O [BQ][Dp], m [BQ], l [BQ][16] (vector partial sums), alpha [BQ], then K^T (all 64-byte aligned) */
+    float *S = scratch, *O = S + (size_t)BQ * BK, *m = O + (size_t)BQ * Dp, *l = m + BQ, *alpha = l + 16 * BQ;
+    float *Kt = alpha + BQ;
     const float *kb = k + b * p->k_bstride + (int64_t)h * D;
     const float *vb = v + b * p->v_bstride + (int64_t)h * D;
     pack_kt(Kt, ldkt, kb, p->k_ld, Tk, D);
@@ -203,24 +217,24 @@ void kc_attn_tile_avx512(float *o, const float *q, const float *k, const float *
         int c1 = c0 + BQ < i1 ? c0 + BQ : i1, nq = c1 - c0;
         int Tkc = p->causal && c1 < Tk ? c1 : Tk;
         const float *qb = q + b * p->q_bstride + (int64_t)c0 * p->q_ld + (int64_t)h * D;
-        for (int r = 0; r < nq; r++) { m[r] = -INFINITY; l[r] = 0.0f; }
+        for (int r = 0; r < nq; r++) { m[r] = -INFINITY; _mm512_store_ps(l + 16 * r, _mm512_setzero_ps()); }
         memset(O, 0, sizeof(float) * (size_t)nq * Dp);
         for (int j0 = 0; j0 < Tkc; j0 += BK) {
             int nk = Tkc - j0 < BK ? Tkc - j0 : BK;
-            const float *Ktj = Kt + j0;
+            const float *Ktj = Kt + (int64_t)(j0 / BK) * D * BK;
             int r = 0;
             for (; r + 4 <= nq; r += 4) {
-                score_rows(4, qb + r * p->q_ld, p->q_ld, D, Ktj, ldkt, nk, j0, c0 + r, p, h, S + (int64_t)r * BK, m + r, l + r, alpha + r);
+                score_rows(4, qb + r * p->q_ld, p->q_ld, D, Ktj, BK, nk, j0, c0 + r, p, h, S + (int64_t)r * BK, m + r, l + 16 * r, alpha + r);
                 pv_rows(4, O + (int64_t)r * Dp, Dp, S + (int64_t)r * BK, alpha + r, vb + (int64_t)j0 * p->v_ld, p->v_ld, nk, D);
             }
             for (; r < nq; r++) {
-                score_rows(1, qb + r * p->q_ld, p->q_ld, D, Ktj, ldkt, nk, j0, c0 + r, p, h, S + (int64_t)r * BK, m + r, l + r, alpha + r);
+                score_rows(1, qb + r * p->q_ld, p->q_ld, D, Ktj, BK, nk, j0, c0 + r, p, h, S + (int64_t)r * BK, m + r, l + 16 * r, alpha + r);
                 pv_rows(1, O + (int64_t)r * Dp, Dp, S + (int64_t)r * BK, alpha + r, vb + (int64_t)j0 * p->v_ld, p->v_ld, nk, D);
             }
         }
         for (int r = 0; r < nq; r++) {
             float *oi = o + b * p->o_bstride + (int64_t)(c0 + r) * p->o_ld + (int64_t)h * D;
-            __m512 inv = _mm512_set1_ps(1.0f / l[r]);
+            __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(l + 16 * r)));
             for (int d = 0; d < D; d += 16) {
                 __mmask16 mk = D - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (D - d)) - 1);
                 _mm512_mask_storeu_ps(oi + d, mk, _mm512_mul_ps(_mm512_load_ps(O + (int64_t)r * Dp + d), inv));
