@@ -158,10 +158,10 @@ static double time_attention(int B, int H, int T, int D, int reps) {
     return best;
 }
 
-static double time_conv(int C, int HW, int reps, double *flops) {
+static double time_conv(int C, int HW, dtype wdt, int reps, double *flops) {
     conv2d_params p = {.N = 1, .Cin = C, .H = HW, .W = HW, .Cout = C, .kh = 3, .kw = 3, .stride = 1, .pad_t = 1, .pad_b = 1,
                        .pad_l = 1, .pad_r = 1};
-    tensor w = rnd_tensor(DT_F32, C, (int64_t)C * 9);
+    tensor w = rnd_tensor(wdt, C, (int64_t)C * 9);
     float *x = rnd((size_t)C * HW * HW), *y = sd3_malloc(sizeof(float) * (size_t)C * HW * HW);
     k_conv2d(y, x, &w, NULL, &p);
     double best = 1e30;
@@ -229,8 +229,10 @@ int main(int argc, char **argv) {
     printf("attention B=%d H=%d T=%d D=%d: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", B, H, T, D, ta * 1e3, ga, ga / peak32);
 
     double cflops;
-    double tc = time_conv(256, 64, g_quick ? 1 : 2, &cflops), gc = cflops / tc * 1e-9;
-    printf("conv2d 3x3 256->256 64x64 F32: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", tc * 1e3, gc, gc / peak32);
+    double tc = time_conv(256, 64, DT_F32, g_quick ? 1 : 2, &cflops), gc = cflops / tc * 1e-9;
+    printf("conv2d 3x3 256->256 64x64 W=F32: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", tc * 1e3, gc, gc / peak32);
+    double tc16 = time_conv(256, 64, DT_F16, g_quick ? 1 : 2, &cflops), gc16 = cflops / tc16 * 1e-9;
+    printf("conv2d 3x3 256->256 64x64 W=F16: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", tc16 * 1e3, gc16, gc16 / peak32);
 
     /* row ops at MMDiT sizes (memory-bound: reported as GB/s of input + output) */
     {

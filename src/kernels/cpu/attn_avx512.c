@@ -3,8 +3,11 @@
  * exp: x = n·ln2 + r with n = round(x/ln2), r by a two-constant Cody–Waite reduction (ln2_hi has 16
  * significant bits, so n·ln2_hi is exact for |n| < 256), e^r by its degree-7 Taylor polynomial on
  * |r| <= ln2/2 (truncation error < 6e-9 relative, below u/10), then vscalefps for 2^n (exact, and it
- * overflows to inf / underflows through the subnormals to 0 like expf). Measured and tested against
- * expf: within 2 ulp (test_kernels checks the activations built on it at 8 ulp + cancellation terms). */
+ * overflows to inf / underflows through the subnormals to 0 like expf). Measured against exp in double
+ * over [-87, 88]: max 0.93 ulp (libm expf: 0.50). The activations built on it: silu within 2.4 ulp of
+ * the exact function; quick_gelu and gelu_tanh round their argument (1.702x, the cubic) in F32 exactly as
+ * the refs do, which costs up to ~40 ulp where y is tiny (x ≈ -20) and nothing near y ~ x. test_kernels
+ * checks them against the refs at 8 ulp + 4u·|x|. */
 #include <math.h>
 #include <string.h>
 #include "kernels/cpu/kcpu.h"
