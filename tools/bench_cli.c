@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <cjson/cJSON.h>
 #include "bench/synth.h"
 #include "core/core.h"
@@ -104,9 +105,18 @@ static void peak_task(void *arg, int t, int thread) {
     j->sink[t % 64] = r;
 }
 
+/* CPU seconds (user + system, all threads) this process has used. */
+static double cpu_seconds(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru)) return 0;
+    return (double)ru.ru_utime.tv_sec + 1e-6 * ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec + 1e-6 * ru.ru_stime.tv_usec;
+}
+
 /* GFLOP/s of kind (0 avx512 fma, 1 avx2 fma, 2 bf16 dot) on every pool thread, best of 3 (0 if the CPU
- * lacks it). */
-static double measure_peak(int kind) {
+ * lacks it); *per_cpu: the same per CPU time given to the threads (flops / (CPU seconds / threads)), which
+ * a busy machine does not lower. */
+static double measure_peak(int kind, double *per_cpu) {
+    *per_cpu = 0;
 #ifdef BENCH_X86
     const cpu_features *f = cpu_get();
     if ((kind == 0 && !f->avx512f) || (kind == 1 && !(f->avx2 && f->fma)) || (kind == 2 && !f->avx512_bf16)) return 0;
@@ -115,10 +125,11 @@ static double measure_peak(int kind) {
     double fpi = kind == 0 ? 16 * 32 : kind == 1 ? 12 * 16 : 16 * 64, best = 0;
     pool_run(nt, peak_task, &j);
     for (int r = 0; r < 3; r++) {
-        double t0 = sd3_time();
+        double t0 = sd3_time(), c0 = cpu_seconds();
         pool_run(nt, peak_task, &j);
-        double g = fpi * (double)j.iters * nt / (sd3_time() - t0) * 1e-9;
+        double fl = fpi * (double)j.iters * nt, g = fl / (sd3_time() - t0) * 1e-9, dc = cpu_seconds() - c0;
         if (g > best) best = g;
+        if (dc > 0 && fl / (dc / nt) * 1e-9 > *per_cpu) *per_cpu = fl / (dc / nt) * 1e-9;
     }
     return best;
 #else
@@ -127,12 +138,12 @@ static double measure_peak(int kind) {
 #endif
 }
 
-/* The fp32 and bf16 peaks of this machine with the current threads. */
-static void machine_peaks(double *fp32, double *bf16) {
-    *fp32 = measure_peak(0);
-    if (*fp32 == 0) *fp32 = measure_peak(1);
-    *bf16 = measure_peak(2);
-    if (*bf16 == 0) *bf16 = *fp32;   /* no bf16 dot products: the bf16 mode runs the f32 path */
+/* The fp32 and bf16 peaks of this machine with the current threads (wall time and per CPU time). */
+static void machine_peaks(double *fp32, double *bf16, double *fp32_cpu, double *bf16_cpu) {
+    *fp32 = measure_peak(0, fp32_cpu);
+    if (*fp32 == 0) *fp32 = measure_peak(1, fp32_cpu);
+    *bf16 = measure_peak(2, bf16_cpu);
+    if (*bf16 == 0) { *bf16 = *fp32; *bf16_cpu = *fp32_cpu; }   /* no bf16 dot products: the bf16 mode runs f32 */
 }
 
 /* ================================================================================================ */
@@ -283,12 +294,13 @@ typedef struct bench_opts {
     const char *component;
     int width, height, bf16, threads, runs, warmup, steps, batch, tokens, layers, no_t5, no_peak;
     dtype stored;
-    double peak_fp32, peak_bf16;
+    double peak_fp32, peak_bf16, peak_fp32_cpu, peak_bf16_cpu;
 } bench_opts;
 
 /* What one benchmark measured. */
 typedef struct bench_result {
     double flops, seconds, full_flops;   /* full_flops: of the whole model when --layers ran part of it */
+    double cpu_s;                        /* CPU seconds of the median run (all threads; < threads x seconds on a busy machine) */
     int tokens, layers_run, layers_total, runs;
     double stage_s[3], stage_rss[3];     /* pipeline: encode, denoise, decode */
     int have_stages;
@@ -297,9 +309,10 @@ typedef struct bench_result {
 /* A timed function: one run of the workload. */
 typedef sd3_status (*bench_fn)(void *ctx, sd3_err *err);
 
-/* Warm up, then time runs of fn; the median into *sec. */
-static sd3_status time_runs(const bench_opts *o, bench_fn fn, void *ctx, double *sec, int *runs_done, sd3_err *err) {
-    double t[MAX_RUNS];
+/* Warm up, then time runs of fn; the median wall time into *sec, the CPU time of that run into *cpu. */
+static sd3_status time_runs(const bench_opts *o, bench_fn fn, void *ctx, double *sec, double *cpu, int *runs_done,
+                            sd3_err *err) {
+    double t[MAX_RUNS], tc[MAX_RUNS], ts[MAX_RUNS];
     sd3_status s;
     for (int i = 0; i < o->warmup; i++) {
         double t0 = sd3_time();
@@ -307,12 +320,16 @@ static sd3_status time_runs(const bench_opts *o, bench_fn fn, void *ctx, double 
         fprintf(stderr, "bench:   warm-up %.3f s\n", sd3_time() - t0);
     }
     for (int i = 0; i < o->runs; i++) {
-        double t0 = sd3_time();
+        double t0 = sd3_time(), c0 = cpu_seconds();
         if ((s = fn(ctx, err))) return s;
-        t[i] = sd3_time() - t0;
-        fprintf(stderr, "bench:   run %d: %.3f s\n", i + 1, t[i]);
+        t[i] = ts[i] = sd3_time() - t0;
+        tc[i] = cpu_seconds() - c0;
+        fprintf(stderr, "bench:   run %d: %.3f s (%.3f CPU s)\n", i + 1, t[i], tc[i]);
     }
-    *sec = median(t, o->runs);
+    *sec = median(ts, o->runs);
+    *cpu = tc[0];
+    for (int i = 0; i < o->runs; i++)
+        if (t[i] == *sec) *cpu = tc[i];
     *runs_done = o->runs;
     return SD3_OK;
 }
@@ -364,7 +381,7 @@ static sd3_status bench_mmdit(const bench_opts *o, bench_result *r, sd3_err *err
     r->full_flops = flops_mmdit(cfg, c.B, c.h, c.w, c.S, L);
     fprintf(stderr, "bench: mmdit %s: %d of %d blocks, batch %d, %d image + %d text tokens per sample\n",
             syn_arch_name(o->arch), n_run, L, c.B, (c.h / cfg->patch_size) * (c.w / cfg->patch_size), c.S);
-    s = time_runs(o, run_mmdit, &c, &r->seconds, &r->runs, err);
+    s = time_runs(o, run_mmdit, &c, &r->seconds, &r->cpu_s, &r->runs, err);
     if (!s) {
         double mx = 0;
         int bad = 0;
@@ -428,7 +445,7 @@ static sd3_status bench_t5(const bench_opts *o, bench_result *r, sd3_err *err) {
     r->flops = flops_t5(&sh, c.B, c.T, c.n_run);
     r->full_flops = flops_t5(&sh, c.B, c.T, L);
     fprintf(stderr, "bench: t5xxl: %d of %d blocks, %d x %d tokens\n", c.n_run, L, c.B, c.T);
-    s = time_runs(o, run_t5, &c, &r->seconds, &r->runs, err);
+    s = time_runs(o, run_t5, &c, &r->seconds, &r->cpu_s, &r->runs, err);
 done:
     free(c.ids);
     sd3_free(c.out);
@@ -467,7 +484,7 @@ static sd3_status bench_clip(const bench_opts *o, syn_comp comp, bench_result *r
     r->layers_run = r->layers_total = sh.layers;
     r->flops = r->full_flops = flops_clip(&sh, c.B, c.T);
     fprintf(stderr, "bench: %s: %d x %d tokens\n", syn_comp_name(comp), c.B, c.T);
-    s = time_runs(o, run_clip, &c, &r->seconds, &r->runs, err);
+    s = time_runs(o, run_clip, &c, &r->seconds, &r->cpu_s, &r->runs, err);
 done:
     free(c.ids);
     sd3_free(c.hidden);
@@ -510,7 +527,7 @@ static sd3_status bench_vae(const bench_opts *o, int decode, bench_result *r, sd
     r->layers_run = r->layers_total = 0;
     r->flops = r->full_flops = flops_vae(&c.m.cfg, c.B, c.h, c.w, decode);
     fprintf(stderr, "bench: vae %s %dx%d, batch %d\n", decode ? "decode" : "encode", c.w * f, c.h * f, c.B);
-    s = time_runs(o, run_vae, &c, &r->seconds, &r->runs, err);
+    s = time_runs(o, run_vae, &c, &r->seconds, &r->cpu_s, &r->runs, err);
 done:
     sd3_free(c.in);
     sd3_free(c.out);
@@ -572,8 +589,10 @@ static sd3_status bench_pipeline(const bench_opts *o, bench_result *r, sd3_err *
     memset(&out, 0, sizeof out);
     rss_reset();
     w.t0 = sd3_time();
+    double c0 = cpu_seconds();
     s = pipe_generate(ms, &q, &taps, &out, err);
     double t_end = sd3_time();
+    r->cpu_s = cpu_seconds() - c0;
     if (!s) {
         w.rss[2] = rss_hwm_mb();
         r->seconds = t_end - w.t0;
@@ -640,8 +659,11 @@ static int bench_one(bench_opts *o) {
         return 1;
     }
     double peak = o->bf16 ? o->peak_bf16 : o->peak_fp32, load1 = load_avg();
+    double peak_cpu = o->bf16 ? o->peak_bf16_cpu : o->peak_fp32_cpu;
     double gflops = r.seconds > 0 ? r.flops / r.seconds * 1e-9 : 0, ratio = peak > 0 ? gflops / peak : 0;
     double full_s = r.flops > 0 ? r.seconds * r.full_flops / r.flops : 0;
+    /* GFLOP/s per CPU time given to the threads: what the run would reach with its cores to itself */
+    double gflops_cpu = r.cpu_s > 0 ? r.flops / (r.cpu_s / pool_threads()) * 1e-9 : 0;
     double rss = (double)sd3_peak_rss() / (1024.0 * 1024.0);
     if (r.have_stages)
         for (int i = 0; i < 3; i++) rss = r.stage_rss[i] > rss ? r.stage_rss[i] : rss;
@@ -650,6 +672,11 @@ static int bench_one(bench_opts *o) {
                "%.1f GFLOP/s; peak RSS %.0f MB\n",
                syn_arch_name(o->arch), c, o->width, o->height, o->bf16 ? "bf16" : "fp32", pool_threads(), r.seconds, r.runs,
                r.flops * 1e-9, gflops, 100 * ratio, o->bf16 ? "bf16" : "fp32", peak, rss);
+        if (r.seconds > 0 && r.cpu_s < 0.9 * r.seconds * pool_threads())
+            printf("  note: %.2f CPU s in %.2f s on %d threads (%.0f%% of the threads' time): the machine is busy; "
+                   "per CPU time %.1f GFLOP/s = %.1f%% of the peak per CPU time\n",
+                   r.cpu_s, r.seconds, pool_threads(), 100 * r.cpu_s / (r.seconds * pool_threads()), gflops_cpu,
+                   peak_cpu > 0 ? 100 * gflops_cpu / peak_cpu : 0);
         if (r.layers_run && r.layers_run < r.layers_total)
             printf("  %d of %d blocks run: whole model estimated at %.2f s (scaled by FLOPs)\n", r.layers_run,
                    r.layers_total, full_s);
@@ -662,10 +689,12 @@ static int bench_one(bench_opts *o) {
            "\"stored_dtype\": \"%s\", \"threads\": %d, \"tokens\": %d, \"flops\": %.6g, \"seconds\": %.4f, "
            "\"gflops\": %.2f, \"peak_rss_mb\": %.0f, \"peak_gflops_fp32\": %.1f, \"peak_gflops_bf16\": %.1f, "
            "\"ratio_to_peak\": %.4f, \"runs\": %d, \"warmup\": %d, \"layers_run\": %d, \"layers_total\": %d, "
-           "\"seconds_full_estimate\": %.4f, \"load_before\": %.2f, \"load_after\": %.2f, \"gemm\": \"%s\"",
+           "\"seconds_full_estimate\": %.4f, \"cpu_seconds\": %.3f, \"gflops_cpu\": %.2f, \"peak_gflops_cpu\": %.1f, \"ratio_to_peak_cpu\": %.4f, \"load_before\": %.2f, \"load_after\": %.2f, "
+           "\"gemm\": \"%s\"",
            syn_arch_name(o->arch), c, o->width, o->height, o->bf16 ? "bf16" : "fp32", dtype_name(o->stored),
            pool_threads(), r.tokens, r.flops, r.seconds, gflops, rss, o->peak_fp32, o->peak_bf16, ratio, r.runs,
-           o->warmup, r.layers_run, r.layers_total, full_s, load0, load1, k_linear_variant(o->stored));
+           o->warmup, r.layers_run, r.layers_total, full_s, r.cpu_s, gflops_cpu, peak_cpu,
+           peak_cpu > 0 ? gflops_cpu / peak_cpu : 0, load0, load1, k_linear_variant(o->stored));
     if (r.have_stages)
         printf(", \"steps\": %d, \"no_t5\": %s, \"encode_s\": %.3f, \"encode_rss_mb\": %.0f, \"denoise_s\": %.3f, "
                "\"denoise_rss_mb\": %.0f, \"decode_s\": %.3f, \"decode_rss_mb\": %.0f",
@@ -744,8 +773,9 @@ int sd3_cmd_bench(int argc, char **argv) {
     if (o.width % 16 || o.height % 16) { fprintf(stderr, "sd3 bench: error: width and height must be multiples of 16\n"); return 2; }
     pool_set_threads(o.threads);
     if (!o.no_peak) {
-        machine_peaks(&o.peak_fp32, &o.peak_bf16);
-        printf("peak (%d threads): fp32 FMA %.1f GFLOP/s, bf16 dot %.1f GFLOP/s\n", pool_threads(), o.peak_fp32, o.peak_bf16);
+        machine_peaks(&o.peak_fp32, &o.peak_bf16, &o.peak_fp32_cpu, &o.peak_bf16_cpu);
+        printf("peak (%d threads): fp32 FMA %.1f GFLOP/s, bf16 dot %.1f GFLOP/s (per CPU time: %.1f, %.1f)\n",
+               pool_threads(), o.peak_fp32, o.peak_bf16, o.peak_fp32_cpu, o.peak_bf16_cpu);
     }
     if (!standard) {
         int pipe = !strcmp(o.component, "pipeline");
