@@ -235,7 +235,8 @@ static void test_loop(const mmdit_model *m, int steps) {
     o.checkpointing_steps = steps / 2;
     o.train_batch_size = 2;
     o.learning_rate = getenv("LR") ? atof(getenv("LR")) : 3e-3; /* faster than the script's 1e-4 so a short run shows the trend */
-    o.lr_scheduler = LR_CONSTANT;
+    o.lr_scheduler = LR_COSINE; /* the schedule depends on the step: resume must restore it */
+    o.lr_warmup_steps = 10;
     o.seed = 42;
     o.output_dir = dA;
     float *curve = calloc((size_t)steps, sizeof(float));
@@ -277,13 +278,13 @@ static void test_loop(const mmdit_model *m, int steps) {
 
     /* interrupted run: stop at the checkpoint, resume to the end */
     o.output_dir = dB;
-    o.max_train_steps = steps / 2;
+    o.stop_after_steps = steps / 2;
     o.loss_curve = NULL;
     CHECK(train_run(m, &o, &d, &err) == SD3_OK, "train_run (first half): %s", err.msg);
     snprintf(p1, sizeof p1, "%s/checkpoint-%d/training_state.safetensors", dA, steps / 2);
     snprintf(p2, sizeof p2, "%s/checkpoint-%d/training_state.safetensors", dB, steps / 2);
     CHECK(same_file(p1, p2), "mid-run checkpoints differ");
-    o.max_train_steps = steps;
+    o.stop_after_steps = 0;
     o.resume_from = "latest";
     CHECK(train_run(m, &o, &d, &err) == SD3_OK, "train_run (resumed): %s", err.msg);
     snprintf(p1, sizeof p1, "%s/pytorch_lora_weights.safetensors", dA);

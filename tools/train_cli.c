@@ -60,6 +60,7 @@ static void train_usage(FILE *f) {
             "  --seed N                      default 0\n"
             "  --checkpointing-steps N       default 500 (checkpoint-N folders, written atomically)\n"
             "  --resume-from-checkpoint P    a checkpoint folder or \"latest\"\n"
+            "  --stop-after-steps N          stop after N steps (as an interruption; resume later)\n"
             "  --validation-prompt TEXT --validation-epochs N (default 50) --num-validation-images N (default 4)\n"
             "  --validation-steps N          validate every N optimizer steps instead of epochs\n"
             "  --max-sequence-length N       T5 tokens, default 77\n"
@@ -232,6 +233,7 @@ int sd3_cmd_train_lora(int argc, char **argv) {
         else if (!strcmp(a, "--train-batch-size")) { if (!(bad = NUM(1, 256))) o.train_batch_size = (int)v; }
         else if (!strcmp(a, "--gradient-accumulation-steps")) { if (!(bad = NUM(1, 1e6))) o.gradient_accumulation_steps = (int)v; }
         else if (!strcmp(a, "--max-train-steps")) { if (!(bad = NUM(0, 1e9))) o.max_train_steps = (int)v, steps_given = 1; }
+        else if (!strcmp(a, "--stop-after-steps")) { if (!(bad = NUM(0, 1e9))) o.stop_after_steps = (int)v; }
         else if (!strcmp(a, "--num-train-epochs")) { if (!(bad = NUM(1, 1e9))) epochs = (int)v; }
         else if (!strcmp(a, "--learning-rate")) { if (!(bad = NUM(0, 10))) o.learning_rate = v; }
         else if (!strcmp(a, "--lr-warmup-steps")) { if (!(bad = NUM(0, 1e9))) o.lr_warmup_steps = (int)v; }

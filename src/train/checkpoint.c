@@ -245,7 +245,7 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
         }
     }
     const float inv_acc = 1.0f / (float)o->gradient_accumulation_steps;
-    while (ls.step < o->max_train_steps) {
+    while (ls.step < o->max_train_steps && !(o->stop_after_steps > 0 && ls.step >= o->stop_after_steps)) {
         double t0 = now_s();
         lt_zero_grad(&L);
         float step_loss = 0;
