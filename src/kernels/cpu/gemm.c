@@ -11,8 +11,8 @@
 #include <string.h>
 #include "kernels/cpu/kcpu.h"
 
-#define KC_MAX 512
-static int KC_BLOCK = 256, NC_BLOCK = 256;
+#define KC_MAX 1024
+static int KC_BLOCK = 512, NC_BLOCK = 256;  /* measured on Zen: KC 512 beats 256 by ~10% (fewer passes over C) */
 /* Tuning hook for benchmarks: SD3_GEMM_KC / SD3_GEMM_NC override the block sizes (read once). */
 static void gemm_tune(void) {
     static int done = 0;
