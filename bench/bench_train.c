@@ -6,9 +6,9 @@
  *
  *   bench_train [--layers N] [--res PX] [--seq S] [--steps K] [--bf16] [--no-checkpointing] [--threads T]
  *
- * --layers N runs only the first N blocks (the model's config is cut; a cheap estimate on small
- * machines: the step time scales with the block count, plus the fixed embedding / final-layer part,
- * and the report extrapolates to all blocks). Prints forward+backward seconds, seconds per block and
+ * --layers N runs only the first N blocks (the model's config is cut): default 2, so `make bench` stays
+ * short; 0 = all 24. The step time scales with the block count (plus the small fixed embedding /
+ * final-layer part), and the report extrapolates to all blocks. Prints forward+backward seconds, seconds per block and
  * peak RSS (getrusage). --bf16 selects k_set_precision(1) (bf16 products where the CPU has them).
  */
 #include <stdio.h>
@@ -30,7 +30,7 @@ static double now_s(void) {
 }
 
 int main(int argc, char **argv) {
-    int layers = 0, res = 512, S = 154, steps = 1, bf16 = 0, ckpt = 1, threads = 0;
+    int layers = 2, res = 512, S = 154, steps = 1, bf16 = 0, ckpt = 1, threads = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--layers") && i + 1 < argc) layers = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--res") && i + 1 < argc) res = atoi(argv[++i]);
