@@ -18,7 +18,7 @@ static void gemm_tune(void) {
     static int done = 0;
     if (done) return;
     const char *e = getenv("SD3_GEMM_KC");
-    if (e && atoi(e) >= 16 && atoi(e) <= KC_MAX) KC_BLOCK = atoi(e);
+    if (e && atoi(e) >= 16 && atoi(e) <= KC_MAX) KC_BLOCK = atoi(e) & ~1; /* even: bf16 pairs never straddle blocks */
     e = getenv("SD3_GEMM_NC");
     if (e && atoi(e) >= 16) NC_BLOCK = atoi(e);
     done = 1;
@@ -218,7 +218,7 @@ void kc_gemm_run(const kc_isa *isa, const kc_gemm *g) {
     int MR = isa->MR, NR = isa->NR;
     gemm_job j = {.isa = isa, .g = g, .KCb = KC_BLOCK};
     /* column blocks: NC_BLOCK, shrunk (in NR steps) until there are >= 2 tasks per thread */
-    int NC = NC_BLOCK;
+    int NC = (NC_BLOCK + NR - 1) / NR * NR;   /* whole slivers: the B block holds NC/NR of them */
     while (NC > NR && (g->N + NC - 1) / NC < 2 * nt) NC -= NR;
     j.NC = NC;
     j.n_nblk = (g->N + NC - 1) / NC;
