@@ -75,7 +75,7 @@ static void lora_random(lt_set *L, const mmdit_model *m, uint64_t seed) {
 }
 
 /* Central differences against the backward, and checkpointing against no checkpointing. */
-static void test_fd(const mmdit_model *m) {
+static void test_fd(const mmdit_model *m, const char *label) {
     inputs in;
     inputs_make(&in, m);
     lt_set L, L2;
@@ -97,7 +97,7 @@ static void test_fd(const mmdit_model *m) {
         same &= !memcmp(L.mods[i].dB, L2.mods[i].dB, sizeof(float) * (size_t)L.mods[i].N * L.mods[i].r);
     }
     CHECK(same, "gradient checkpointing changed the gradients");
-    printf("checkpointing: gradients of %d modules bit-identical: %s\n", L.n, same ? "yes" : "NO");
+    printf("%s: checkpointing: gradients of %d modules bit-identical: %s\n", label, L.n, same ? "yes" : "NO");
 
     /* h = 1e-2. With h = 1e-3 the float32 rounding noise of the forward in L (about 1e-5 here: the
      * differences scatter by up to 7e-3 = 1e-5 / 2h around the gradient, 44 of 132 beyond the tolerance)
@@ -134,13 +134,56 @@ static void test_fd(const mmdit_model *m) {
             }
         }
     }
-    printf("finite differences: %d gradients, %d off; worst |fd - g| / tol = %.3f at %s\n", n_chk, n_bad, worst,
+    printf("%s: finite differences: %d gradients, %d off; worst |fd - g| / tol = %.3f at %s\n", label, n_chk, n_bad, worst,
            worst_at);
     CHECK(n_chk > 100 && n_bad == 0, "%d of %d finite differences off", n_bad, n_chk);
     trainer_free(&tr), trainer_free(&tr2);
     lt_free(&L), lt_free(&L2);
     free(out);
     inputs_free(&in);
+}
+
+/* The tiny transformer with qk RMSNorm (as SD3.5): its tensors plus random attn.norm_{q,k,added_q,added_k}
+ * gains 1 + N(0, 0.2^2) per block, written with qk_norm "rms_norm" to dir (a fresh temp folder). */
+static int make_qk_model(const char *tiny_dir, const char *dir) {
+    char src[4200], dst[4200];
+    snprintf(src, sizeof src, "%s/diffusion_pytorch_model.safetensors", tiny_dir);
+    st_file *f = NULL;
+    sd3_err err = {0};
+    if (st_open(&f, src, &err) != SD3_OK) return -1;
+    st_writer *w = st_writer_new();
+    float gains[3][4][64];
+    torch_gen g;
+    tgen_init(&g, 555, TGEN_KERNEL_AVX2);
+    for (int e = 0; e < f->n; e++) {
+        tensor t;
+        st_entry_tensor(f, &f->entries[e], &t, &err);
+        st_writer_add_tensor(w, f->entries[e].name, &t, &err);
+    }
+    const char *nm[4] = {"norm_q", "norm_k", "norm_added_q", "norm_added_k"};
+    int64_t D = 8;
+    char key[128];
+    for (int b = 0; b < 3; b++)
+        for (int k = 0; k < 4; k++) {
+            tgen_normal(&g, gains[b][k], D, 1.0f, 0.2f);
+            snprintf(key, sizeof key, "transformer_blocks.%d.attn.%s.weight", b, nm[k]);
+            st_writer_add(w, key, DT_F32, 1, &D, gains[b][k], &err);
+        }
+    snprintf(dst, sizeof dst, "%s/diffusion_pytorch_model.safetensors", dir);
+    int rc = st_writer_write(w, dst, &err) == SD3_OK ? 0 : -1;
+    st_writer_free(w);
+    st_close(f);
+    snprintf(src, sizeof src, "%s/config.json", tiny_dir);
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+    char line[512];
+    while (in && out && fgets(line, sizeof line, in)) {
+        if (strstr(line, "\"qk_norm\"")) fputs("  \"qk_norm\": \"rms_norm\",\n", out);
+        else fputs(line, out);
+    }
+    if (in) fclose(in);
+    if (out) fclose(out);
+    return in && out ? rc : -1;
 }
 
 /* Compare two files byte for byte. */
@@ -363,8 +406,20 @@ int main(int argc, char **argv) {
         CHECK(0, "tiny transformer: %s (pass the golden root)", err.msg);
         TEST_MAIN_END("test_train");
     }
-    test_fd(&m);
+    test_fd(&m, "tiny");
     test_loop(&m, steps);
     mmdit_free(&m);
+    /* the qk-norm (SD3.5) path */
+    char qdir[] = "/tmp/sd3_test_train_qk_XXXXXX";
+    if (mkdtemp(qdir) && make_qk_model(dir, qdir) == 0) {
+        mmdit_model mq;
+        memset(&mq, 0, sizeof mq);
+        if (mmdit_load_dir(&mq, qdir, &err) == SD3_OK && mq.cfg.qk_norm) test_fd(&mq, "tiny + qk_norm");
+        else CHECK(0, "qk_norm model: %s", err.msg);
+        mmdit_free(&mq);
+    } else CHECK(0, "could not write the qk_norm model to %s", qdir);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", qdir);
+    if (system(cmd)) printf("note: could not remove %s\n", qdir);
     TEST_MAIN_END("test_train");
 }
