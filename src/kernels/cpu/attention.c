@@ -8,8 +8,8 @@
 
 size_t kc_attn_scratch_floats(const attn_params *p) {
     size_t Dp = (size_t)(p->D + 15) / 16 * 16, Tkp = (size_t)(p->Tk + KC_ATTN_BK - 1) / KC_ATTN_BK * KC_ATTN_BK + KC_ATTN_BK;
-    /* S [BQ][BK] + O [BQ][Dp] + m, alpha [BQ] + l [BQ][16] + K^T of every key [Dp][Tkp] */
-    return (size_t)KC_ATTN_BQ * KC_ATTN_BK + (size_t)KC_ATTN_BQ * Dp + 18 * KC_ATTN_BQ + 64 + Dp * Tkp;
+    /* S [BQ][BK] + O [BQ][Dp] + m, alpha [BQ] + l [BQ][16] + K^T and V of every key [Dp][Tkp] each */
+    return (size_t)KC_ATTN_BQ * KC_ATTN_BK + (size_t)KC_ATTN_BQ * Dp + 18 * KC_ATTN_BQ + 64 + 2 * Dp * Tkp;
 }
 
 /* Portable tile: one query row at a time, keys in tiles of BK, online softmax. */

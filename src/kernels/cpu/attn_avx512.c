@@ -213,9 +213,12 @@ void kc_attn_tile_avx512(float *o, const float *q, const float *k, const float *
     /* S [BQ][BK], O [BQ][Dp], m [BQ], l [BQ][16] (vector partial sums), alpha [BQ], then K^T (all 64-byte aligned) */
     float *S = scratch, *O = S + (size_t)BQ * BK, *m = O + (size_t)BQ * Dp, *l = m + BQ, *alpha = l + 16 * BQ;
     float *Kt = alpha + BQ;
+    float *Vp = Kt + (size_t)D * ldkt;                 /* V rows packed contiguously, row stride Dp */
     const float *kb = k + b * p->k_bstride + (int64_t)h * D;
     const float *vb = v + b * p->v_bstride + (int64_t)h * D;
     pack_kt(Kt, ldkt, kb, p->k_ld, Tk, D);
+    /* V: one contiguous copy per task (the strided rows of a fused qkv buffer each sit on their own page) */
+    for (int j = 0; j < Tk; j++) memcpy(Vp + (int64_t)j * Dp, vb + (int64_t)j * p->v_ld, sizeof(float) * (size_t)D);
     for (int c0 = i0; c0 < i1; c0 += BQ) {
         int c1 = c0 + BQ < i1 ? c0 + BQ : i1, nq = c1 - c0;
         int Tkc = p->causal && c1 < Tk ? c1 : Tk;
@@ -228,11 +231,11 @@ void kc_attn_tile_avx512(float *o, const float *q, const float *k, const float *
             int r = 0;
             for (; r + 4 <= nq; r += 4) {
                 score_rows(4, qb + r * p->q_ld, p->q_ld, D, Ktj, BK, nk, j0, c0 + r, p, h, S + (int64_t)r * BK, m + r, l + 16 * r, alpha + r);
-                pv_rows(4, O + (int64_t)r * Dp, Dp, S + (int64_t)r * BK, alpha + r, vb + (int64_t)j0 * p->v_ld, p->v_ld, nk, D);
+                pv_rows(4, O + (int64_t)r * Dp, Dp, S + (int64_t)r * BK, alpha + r, Vp + (int64_t)j0 * Dp, Dp, nk, D);
             }
             for (; r < nq; r++) {
                 score_rows(1, qb + r * p->q_ld, p->q_ld, D, Ktj, BK, nk, j0, c0 + r, p, h, S + (int64_t)r * BK, m + r, l + 16 * r, alpha + r);
-                pv_rows(1, O + (int64_t)r * Dp, Dp, S + (int64_t)r * BK, alpha + r, vb + (int64_t)j0 * p->v_ld, p->v_ld, nk, D);
+                pv_rows(1, O + (int64_t)r * Dp, Dp, S + (int64_t)r * BK, alpha + r, Vp + (int64_t)j0 * Dp, Dp, nk, D);
             }
         }
         for (int r = 0; r < nq; r++) {
