@@ -67,7 +67,8 @@ static double loss_of(trainer *tr, const inputs *in, float *out) {
 /* A LoRA set on every trainable Linear with random A and B (B non-zero so A's gradient is too). */
 static void lora_random(lt_set *L, const mmdit_model *m, uint64_t seed) {
     sd3_err err = {0};
-    CHECK(lt_create(L, m, 4, 4.0f, ALL_LAYERS, NULL, &err) == SD3_OK, "lt_create: %s", err.msg);
+    const char *layers = m->cfg.n_dual ? ALL_LAYERS ",attn2.to_q,attn2.to_k,attn2.to_v,attn2.to_out.0" : ALL_LAYERS;
+    CHECK(lt_create(L, m, 4, 4.0f, layers, NULL, &err) == SD3_OK, "lt_create: %s", err.msg);
     torch_gen g;
     tgen_init(&g, seed, TGEN_KERNEL_AVX2);
     lt_init_gaussian(L, &g);
@@ -97,6 +98,25 @@ static void test_fd(const mmdit_model *m, const char *label) {
         same &= !memcmp(L.mods[i].dB, L2.mods[i].dB, sizeof(float) * (size_t)L.mods[i].N * L.mods[i].r);
     }
     CHECK(same, "gradient checkpointing changed the gradients");
+    {
+        /* the training forward with every B = 0 is the plain model: compare with mmdit_forward */
+        lt_set Z;
+        sd3_err ez = {0};
+        CHECK(lt_create(&Z, m, 4, 4.0f, NULL, NULL, &ez) == SD3_OK, "%s", ez.msg);
+        float *o1 = malloc(sizeof(float) * (size_t)in.n), *o2 = malloc(sizeof(float) * (size_t)in.n);
+        trainer tz;
+        trainer_init(&tz, m, &Z, 1);
+        loss_of(&tz, &in, o1);
+        CHECK(mmdit_forward(m, in.x, in.B, in.H, in.W, in.ctx, in.S, in.pooled, in.t, NULL, 0, o2, &ez) == SD3_OK, "%s",
+              ez.msg);
+        double md = 0;
+        for (int64_t i = 0; i < in.n; i++) md = fmax(md, fabs(o1[i] - o2[i]));
+        printf("%s: training forward vs mmdit_forward (no LoRA): max diff %.2e\n", label, md);
+        CHECK(md < 1e-5, "%s: the training forward differs from mmdit_forward by %g", label, md);
+        trainer_free(&tz);
+        lt_free(&Z);
+        free(o1), free(o2);
+    }
     printf("%s: checkpointing: gradients of %d modules bit-identical: %s\n", label, L.n, same ? "yes" : "NO");
 
     /* h = 1e-2. With h = 1e-3 the float32 rounding noise of the forward in L (about 1e-5 here: the
@@ -144,41 +164,77 @@ static void test_fd(const mmdit_model *m, const char *label) {
 }
 
 /* The tiny transformer with qk RMSNorm (as SD3.5): its tensors plus random attn.norm_{q,k,added_q,added_k}
- * gains 1 + N(0, 0.2^2) per block, written with qk_norm "rms_norm" to dir (a fresh temp folder). */
-static int make_qk_model(const char *tiny_dir, const char *dir) {
-    char src[4200], dst[4200];
+ * gains 1 + N(0, 0.2^2) per block, written with qk_norm "rms_norm" to dir (a fresh temp folder). dual: also
+ * MMDiT-X blocks 0 and 1 (as SD3.5 medium): random attn2.{to_q,to_k,to_v,to_out.0} (N(0, 1/32), biases
+ * N(0, 0.02^2)), attn2.norm_{q,k} gains, and norm1.linear grown to 9C rows (3C random rows N(0, 0.1^2)). */
+static int make_qk_model(const char *tiny_dir, const char *dir, int dual) {
+    enum { C = 32, D = 8 };
+    char src[4200], dst[4200], key[128];
     snprintf(src, sizeof src, "%s/diffusion_pytorch_model.safetensors", tiny_dir);
     st_file *f = NULL;
     sd3_err err = {0};
     if (st_open(&f, src, &err) != SD3_OK) return -1;
     st_writer *w = st_writer_new();
-    float gains[3][4][64];
+    float *own[64];
+    int n_own = 0;
     torch_gen g;
     tgen_init(&g, 555, TGEN_KERNEL_AVX2);
     for (int e = 0; e < f->n; e++) {
         tensor t;
         st_entry_tensor(f, &f->entries[e], &t, &err);
-        st_writer_add_tensor(w, f->entries[e].name, &t, &err);
+        const char *name = f->entries[e].name;
+        int blk = -1, n = 0;
+        if (dual && sscanf(name, "transformer_blocks.%d.norm1.linear.%n", &blk, &n) == 1 && n > 0 && blk < 2) {
+            /* [6C, C] -> [9C, C] and [6C] -> [9C]: the attn2 shift, scale and gate chunks appended */
+            int is_w = t.ndim == 2;
+            int64_t per = is_w ? C : 1, sh[2] = {9 * C, C};
+            float *buf = own[n_own++] = malloc(sizeof(float) * (size_t)(9 * C * per));
+            tensor_to_f32(&t, 0, 6 * C * per, buf);
+            tgen_normal(&g, buf + 6 * C * per, 3 * C * per, 0.0f, 0.1f);
+            st_writer_add(w, name, DT_F32, is_w ? 2 : 1, sh, buf, &err);
+        } else st_writer_add_tensor(w, name, &t, &err);
     }
     const char *nm[4] = {"norm_q", "norm_k", "norm_added_q", "norm_added_k"};
-    int64_t D = 8;
-    char key[128];
+    int64_t dshape = D;
     for (int b = 0; b < 3; b++)
         for (int k = 0; k < 4; k++) {
-            tgen_normal(&g, gains[b][k], D, 1.0f, 0.2f);
+            float *gn = own[n_own++] = malloc(sizeof(float) * D);
+            tgen_normal(&g, gn, D, 1.0f, 0.2f);
             snprintf(key, sizeof key, "transformer_blocks.%d.attn.%s.weight", b, nm[k]);
-            st_writer_add(w, key, DT_F32, 1, &D, gains[b][k], &err);
+            st_writer_add(w, key, DT_F32, 1, &dshape, gn, &err);
         }
+    const char *l2[4] = {"to_q", "to_k", "to_v", "to_out.0"};
+    for (int b = 0; dual && b < 2; b++) {
+        for (int k = 0; k < 4; k++) {
+            int64_t sw[2] = {C, C}, sb = C;
+            float *wt = own[n_own++] = malloc(sizeof(float) * (C * C + C));
+            tgen_normal(&g, wt, C * C, 0.0f, 1.0f / sqrtf((float)C));
+            tgen_normal(&g, wt + C * C, C, 0.0f, 0.02f);
+            snprintf(key, sizeof key, "transformer_blocks.%d.attn2.%s.weight", b, l2[k]);
+            st_writer_add(w, key, DT_F32, 2, sw, wt, &err);
+            snprintf(key, sizeof key, "transformer_blocks.%d.attn2.%s.bias", b, l2[k]);
+            st_writer_add(w, key, DT_F32, 1, &sb, wt + C * C, &err);
+        }
+        for (int k = 0; k < 2; k++) {
+            float *gn = own[n_own++] = malloc(sizeof(float) * D);
+            tgen_normal(&g, gn, D, 1.0f, 0.2f);
+            snprintf(key, sizeof key, "transformer_blocks.%d.attn2.%s.weight", b, nm[k]);
+            st_writer_add(w, key, DT_F32, 1, &dshape, gn, &err);
+        }
+    }
     snprintf(dst, sizeof dst, "%s/diffusion_pytorch_model.safetensors", dir);
     int rc = st_writer_write(w, dst, &err) == SD3_OK ? 0 : -1;
+    if (rc) printf("writing %s: %s\n", dst, err.msg);
     st_writer_free(w);
     st_close(f);
+    for (int i = 0; i < n_own; i++) free(own[i]);
     snprintf(src, sizeof src, "%s/config.json", tiny_dir);
     snprintf(dst, sizeof dst, "%s/config.json", dir);
     FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
     char line[512];
     while (in && out && fgets(line, sizeof line, in)) {
         if (strstr(line, "\"qk_norm\"")) fputs("  \"qk_norm\": \"rms_norm\",\n", out);
+        else if (dual && strstr(line, "\"dual_attention_layers\"")) fputs("  \"dual_attention_layers\": [0, 1],\n", out);
         else fputs(line, out);
     }
     if (in) fclose(in);
@@ -409,17 +465,20 @@ int main(int argc, char **argv) {
     test_fd(&m, "tiny");
     test_loop(&m, steps);
     mmdit_free(&m);
-    /* the qk-norm (SD3.5) path */
-    char qdir[] = "/tmp/sd3_test_train_qk_XXXXXX";
-    if (mkdtemp(qdir) && make_qk_model(dir, qdir) == 0) {
-        mmdit_model mq;
-        memset(&mq, 0, sizeof mq);
-        if (mmdit_load_dir(&mq, qdir, &err) == SD3_OK && mq.cfg.qk_norm) test_fd(&mq, "tiny + qk_norm");
-        else CHECK(0, "qk_norm model: %s", err.msg);
-        mmdit_free(&mq);
-    } else CHECK(0, "could not write the qk_norm model to %s", qdir);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", qdir);
-    if (system(cmd)) printf("note: could not remove %s\n", qdir);
+    /* the qk-norm (SD3.5 large) and MMDiT-X (SD3.5 medium) paths */
+    for (int dual = 0; dual < 2; dual++) {
+        char qdir[] = "/tmp/sd3_test_train_qk_XXXXXX";
+        if (mkdtemp(qdir) && make_qk_model(dir, qdir, dual) == 0) {
+            mmdit_model mq;
+            memset(&mq, 0, sizeof mq);
+            if (mmdit_load_dir(&mq, qdir, &err) == SD3_OK && mq.cfg.qk_norm && mq.cfg.n_dual == 2 * dual)
+                test_fd(&mq, dual ? "tiny + qk_norm + MMDiT-X blocks 0,1" : "tiny + qk_norm");
+            else CHECK(0, "qk_norm model: %s", err.msg);
+            mmdit_free(&mq);
+        } else CHECK(0, "could not write the qk_norm model to %s", qdir);
+        char cmd[200];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", qdir);
+        if (system(cmd)) printf("note: could not remove %s\n", qdir);
+    }
     TEST_MAIN_END("test_train");
 }

@@ -10,7 +10,7 @@
 /* Module suffixes (after "transformer_blocks.N.") whose gradient the training backward carries. */
 static const char *const k_trainable[] = {
     "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
-    "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+    "attn.add_v_proj", "attn.to_add_out", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
 };
 
 /* peft's match: name == target, or name ends with "." + target. */
@@ -96,14 +96,9 @@ sd3_status lt_create(lt_set *L, const mmdit_model *m, int rank, float alpha, con
         for (size_t k = 0; b >= 0 && k < sizeof k_trainable / sizeof k_trainable[0]; k++) ok |= !strcmp(rest, k_trainable[k]);
         if (!ok) {
             st = sd3_errf(err, SD3_ERR_UNSUPPORTED,
-                          "lora: training a LoRA on '%s' is not supported (trainable: the joint blocks' attn.* "
-                          "projections and ff / ff_context Linears)",
+                          "lora: training a LoRA on '%s' is not supported (trainable: the joint blocks' attn.* and "
+                          "attn2.* projections and ff / ff_context Linears)",
                           name);
-            break;
-        }
-        if (m->blocks[b].dual) {
-            st = sd3_errf(err, SD3_ERR_UNSUPPORTED, "lora: block %d is an MMDiT-X (dual attention) block; training "
-                                                     "through attn2 is not supported yet", b);
             break;
         }
         lt_module *md = &L->mods[L->n++];

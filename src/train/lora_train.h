@@ -14,10 +14,10 @@
  * Target modules (--lora_layers, --lora_blocks) follow peft's rule: a module is adapted when its full name
  * equals a target or ends with "." + target; --lora_blocks i,j restricts to transformer_blocks.{i,j}.
  * Trainable here: the Linears of the joint blocks' attention (attn.to_q/k/v, to_out.0, add_q/k/v_proj,
- * to_add_out) and feed-forwards (ff.net.0.proj, ff.net.2, ff_context.net.0.proj, ff_context.net.2).
- * A target naming anything else that exists (norm1.linear, attn2.*, proj_out, ...) is SD3_ERR_UNSUPPORTED
- * (the backward does not carry gradients into the adaLN or MMDiT-X paths yet); a target that matches no
- * module is SD3_ERR_INVALID_ARG, as peft raises.
+ * to_add_out), MMDiT-X attention (attn2.to_q/k/v, attn2.to_out.0) and feed-forwards (ff.net.0.proj,
+ * ff.net.2, ff_context.net.0.proj, ff_context.net.2). A target naming anything else that exists
+ * (norm1.linear, proj_out, ...) is SD3_ERR_UNSUPPORTED (the backward does not carry gradients into the
+ * adaLN path); a target that matches no module is SD3_ERR_INVALID_ARG, as peft raises.
  *
  * Every factor is F32, owned, with its gradient and AdamW state (m, v) beside it.
  */

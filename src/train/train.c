@@ -21,6 +21,9 @@ struct train_block_acts {
     float *lnx1, *lnc1, *xm, *cm;    /* FF: LN and modulated inputs */
     float *xpre, *xg, *cpre, *cg;    /* FF hidden before / after GELU [B Tx F], [B Tc F] */
     float *xff, *cff;                /* FF outputs */
+    /* MMDiT-X (dual) blocks: the image-only attn2 branch */
+    float *xn2;                      /* LN(x_in) modulated with shift/scale_msa2 [B Tx C] */
+    float *q2, *k2, *v2, *qp2, *kp2, *o2, *lse2, *ax2;
 };
 
 void trainer_init(trainer *tr, const mmdit_model *m, lt_set *lora, int checkpointing) {
@@ -76,7 +79,7 @@ static sd3_status trainer_alloc(trainer *tr, sd3_err *err) {
     carve_add(&cv, &tr->xo, B * Tx * C), carve_add(&cv, &tr->po, B * Tx * tr->Pout);
     for (int s = 0; s < tr->n_acts; s++) {
         train_block_acts *a = &tr->acts[s];
-        carve_add(&cv, &a->modx, B * 6 * C), carve_add(&cv, &a->modc, B * 6 * C);
+        carve_add(&cv, &a->modx, B * 9 * C), carve_add(&cv, &a->modc, B * 6 * C);
         carve_add(&cv, &a->lnx, B * Tx * C), carve_add(&cv, &a->lnc, B * Tc * C);
         carve_add(&cv, &a->xn, B * Tx * C), carve_add(&cv, &a->cn, B * Tc * C);
         carve_add(&cv, &a->q, B * T * C), carve_add(&cv, &a->k, B * T * C), carve_add(&cv, &a->v, B * T * C);
@@ -89,6 +92,13 @@ static sd3_status trainer_alloc(trainer *tr, sd3_err *err) {
         carve_add(&cv, &a->xpre, B * Tx * F), carve_add(&cv, &a->xg, B * Tx * F);
         carve_add(&cv, &a->cpre, B * Tc * F), carve_add(&cv, &a->cg, B * Tc * F);
         carve_add(&cv, &a->xff, B * Tx * C), carve_add(&cv, &a->cff, B * Tc * C);
+        if (tr->n_dual) {
+            carve_add(&cv, &a->xn2, B * Tx * C), carve_add(&cv, &a->q2, B * Tx * C);
+            carve_add(&cv, &a->k2, B * Tx * C), carve_add(&cv, &a->v2, B * Tx * C);
+            if (qk) carve_add(&cv, &a->qp2, B * Tx * C), carve_add(&cv, &a->kp2, B * Tx * C);
+            carve_add(&cv, &a->o2, B * Tx * C), carve_add(&cv, &a->lse2, B * tr->nh * Tx);
+            carve_add(&cv, &a->ax2, B * Tx * C);
+        }
     }
     carve_add(&cv, &tr->gx, B * Tx * C), carve_add(&cv, &tr->gc, B * Tc * C);
     carve_add(&cv, &tr->dpo, B * Tx * tr->Pout);
@@ -97,6 +107,7 @@ static sd3_status trainer_alloc(trainer *tr, sd3_err *err) {
     carve_add(&cv, &tr->d_o, B * T * C), carve_add(&cv, &tr->dq, B * T * C);
     carve_add(&cv, &tr->dk, B * T * C), carve_add(&cv, &tr->dv, B * T * C);
     if (qk) carve_add(&cv, &tr->dq2, B * T * C), carve_add(&cv, &tr->dk2, B * T * C);
+    if (tr->n_dual) carve_add(&cv, &tr->dA4, B * Tx * C);
     int64_t total = 0;
     for (int i = 0; i < cv.k; i++) total += (cv.n[i] + 15) & ~(int64_t)15;
     if ((uint64_t)total > SIZE_MAX / sizeof(float) || !(tr->mem = sd3_malloc((size_t)total * sizeof(float))))
@@ -139,12 +150,20 @@ static attn_params joint_ap(const trainer *tr) {
     return ap;
 }
 
+/* The image-only attention of MMDiT-X's attn2 (Tx tokens per item). */
+static attn_params image_ap(const trainer *tr) {
+    attn_params ap = joint_ap(tr);
+    ap.Tq = ap.Tk = tr->Tx;
+    ap.q_bstride = ap.k_bstride = ap.v_bstride = ap.o_bstride = (int64_t)tr->Tx * tr->C;
+    return ap;
+}
+
 /* JointTransformerBlock.forward of block i from xin[i], cin[i] into xin[i+1], cin[i+1], keeping its
  * activations in a (mmdit.c joint_block, op for op, with the LoRA through tlin). */
 static sd3_status block_forward(trainer *tr, int i, train_block_acts *a, sd3_err *err) {
     const mmdit_block *bl = &tr->m->blocks[i];
     const int B = tr->B, Tx = tr->Tx, Tc = tr->Tc, T = tr->T, C = tr->C, F = tr->F;
-    const int nx = 6, nc = bl->context_pre_only ? 2 : 6;
+    const int nx = bl->dual ? 9 : 6, nc = bl->context_pre_only ? 2 : 6;
     const float *x = tr->xin[i], *c = tr->cin[i];
     float *xout = tr->xin[i + 1], *cout = tr->cin[i + 1];
 
@@ -155,6 +174,7 @@ static sd3_status block_forward(trainer *tr, int i, train_block_acts *a, sd3_err
     for (int b = 0; b < B; b++) {
         const float *mx = a->modx + (int64_t)b * nx * C, *mc = a->modc + (int64_t)b * nc * C;
         int64_t xo = (int64_t)b * Tx * C, co = (int64_t)b * Tc * C;
+        if (bl->dual) k_modulate(a->xn2 + xo, a->lnx + xo, mx + 6 * C, mx + 7 * C, Tx, C);
         k_modulate(a->xn + xo, a->lnx + xo, mx, mx + C, Tx, C);
         if (bl->context_pre_only) k_modulate(a->cn + co, a->lnc + co, mc + C, mc, Tc, C);
         else k_modulate(a->cn + co, a->lnc + co, mc, mc + C, Tc, C);
@@ -195,6 +215,25 @@ static sd3_status block_forward(trainer *tr, int i, train_block_acts *a, sd3_err
     for (int b = 0; b < B; b++)
         k_gated_add(a->x1 + (int64_t)b * Tx * C, a->ax + (int64_t)b * Tx * C, a->modx + (int64_t)b * nx * C + 2 * C,
                     Tx, C);
+    if (bl->dual) {
+        /* MMDiT-X: x1 += gate_msa2 * attn2(xn2), image-only self-attention (mmdit.c) */
+        tlin(tr, a->q2, a->xn2, &bl->attn2_to_q, B * Tx, C, C, 0);
+        tlin(tr, a->k2, a->xn2, &bl->attn2_to_k, B * Tx, C, C, 0);
+        tlin(tr, a->v2, a->xn2, &bl->attn2_to_v, B * Tx, C, C, 0);
+        if (tr->m->cfg.qk_norm) {
+            memcpy(a->qp2, a->q2, sizeof(float) * (size_t)B * Tx * C);
+            memcpy(a->kp2, a->k2, sizeof(float) * (size_t)B * Tx * C);
+            k_rmsnorm(a->q2, a->q2, &bl->attn2_norm_q, B * Tx * tr->nh, tr->D, MMDIT_EPS);
+            k_rmsnorm(a->k2, a->k2, &bl->attn2_norm_k, B * Tx * tr->nh, tr->D, MMDIT_EPS);
+        }
+        attn_params ap2 = image_ap(tr);
+        k_attention(a->o2, a->q2, a->k2, a->v2, &ap2);
+        if ((s = attention_lse(a->lse2, a->q2, a->k2, &ap2, err)) != SD3_OK) return s;
+        tlin(tr, a->ax2, a->o2, &bl->attn2_to_out_0, B * Tx, C, C, 0);
+        for (int b = 0; b < B; b++)
+            k_gated_add(a->x1 + (int64_t)b * Tx * C, a->ax2 + (int64_t)b * Tx * C,
+                        a->modx + (int64_t)b * nx * C + 8 * C, Tx, C);
+    }
     k_layernorm(a->lnx1, a->x1, NULL, NULL, B * Tx, C, MMDIT_EPS);
     for (int b = 0; b < B; b++) {
         const float *mx = a->modx + (int64_t)b * nx * C;
@@ -274,7 +313,7 @@ static sd3_status ff_backward(trainer *tr, float *g, const float *s1, const floa
 static sd3_status block_backward(trainer *tr, int i, const train_block_acts *a, int need_in, sd3_err *err) {
     const mmdit_block *bl = &tr->m->blocks[i];
     const int B = tr->B, Tx = tr->Tx, Tc = tr->Tc, T = tr->T, C = tr->C;
-    const int nx = 6, nc = bl->context_pre_only ? 2 : 6;
+    const int nx = bl->dual ? 9 : 6, nc = bl->context_pre_only ? 2 : 6;
     float *gx = tr->gx, *gc = tr->gc;
 
     /* FeedForwards: g of stream out -> g of the stream after the attention residual. */
@@ -283,6 +322,33 @@ static sd3_status block_backward(trainer *tr, int i, const train_block_acts *a, 
     if (!bl->context_pre_only)
         TRY(ff_backward(tr, gc, a->c1, a->cm, a->cpre, a->cg, a->cff, a->modc, nc * C, Tc, &bl->ff_context_net_0_proj,
                         &bl->ff_context_net_2, 1, err));
+
+    /* MMDiT-X attn2 branch: d xn2 into dA4 (its LayerNorm input is x_in, shared with attn). */
+    float *dxn2 = NULL;
+    if (bl->dual) {
+        float *dp = tr->dA1, *d_o2 = tr->d_o, *dq = tr->dq, *dk = tr->dk, *dv = tr->dv;
+        const int64_t nxc = (int64_t)B * Tx * C;
+        zero(dp, nxc);
+        for (int b = 0; b < B; b++)
+            gated_add_backward(dp + (int64_t)b * Tx * C, NULL, gx + (int64_t)b * Tx * C, NULL,
+                               a->modx + (int64_t)b * nx * C + 8 * C, Tx, C);
+        zero(d_o2, nxc);
+        TRY(tlin_bwd(tr, d_o2, dp, a->o2, &bl->attn2_to_out_0, B * Tx, C, C, 0, err));
+        attn_params ap2 = image_ap(tr);
+        zero(dq, nxc), zero(dk, nxc), zero(dv, nxc);
+        TRY(attention_backward(dq, dk, dv, d_o2, a->q2, a->k2, a->v2, a->o2, a->lse2, &ap2, err));
+        if (tr->m->cfg.qk_norm) {
+            zero(tr->dq2, nxc), zero(tr->dk2, nxc);
+            rmsnorm_backward(tr->dq2, NULL, dq, a->qp2, &bl->attn2_norm_q, B * Tx * tr->nh, tr->D, MMDIT_EPS);
+            rmsnorm_backward(tr->dk2, NULL, dk, a->kp2, &bl->attn2_norm_k, B * Tx * tr->nh, tr->D, MMDIT_EPS);
+            dq = tr->dq2, dk = tr->dk2;
+        }
+        dxn2 = need_in ? tr->dA4 : NULL;
+        if (dxn2) zero(dxn2, nxc);
+        TRY(tlin_bwd(tr, dxn2, dq, a->xn2, &bl->attn2_to_q, B * Tx, C, C, 0, err));
+        TRY(tlin_bwd(tr, dxn2, dk, a->xn2, &bl->attn2_to_k, B * Tx, C, C, 0, err));
+        TRY(tlin_bwd(tr, dxn2, dv, a->xn2, &bl->attn2_to_v, B * Tx, C, C, 0, err));
+    }
 
     /* Attention outputs: d o from both gated residuals. */
     float *d_o = tr->d_o, *dproj = tr->dA1;
@@ -338,6 +404,10 @@ static sd3_status block_backward(trainer *tr, int i, const train_block_acts *a, 
     for (int b = 0; b < B; b++)
         modulate_backward(dln + (int64_t)b * Tx * C, NULL, NULL, dxn + (int64_t)b * Tx * C, NULL,
                           a->modx + (int64_t)b * nx * C + C, Tx, C);
+    if (dxn2)
+        for (int b = 0; b < B; b++)
+            modulate_backward(dln + (int64_t)b * Tx * C, NULL, NULL, dxn2 + (int64_t)b * Tx * C, NULL,
+                              a->modx + (int64_t)b * nx * C + 7 * C, Tx, C);
     layernorm_backward(gx, dln, tr->xin[i], B * Tx, C, MMDIT_EPS);
     zero(dln, (int64_t)B * Tc * C);
     for (int b = 0; b < B; b++) {
@@ -358,12 +428,11 @@ sd3_status trainer_forward(trainer *tr, const float *x, int B, int H, int W, con
     if (B < 1 || H < 1 || W < 1 || S < 1 || H % p || W % p || H / p > M || W / p > M)
         return sd3_errf(err, SD3_ERR_INVALID_ARG, "train: latent %dx%d (batch %d, text %d) does not fit the model "
                         "(multiples of %d, at most %d)", H, W, B, S, p, M * p);
-    for (int i = 0; i < cfg->num_layers; i++)
-        if (m->blocks[i].dual)
-            return sd3_errf(err, SD3_ERR_UNSUPPORTED, "train: block %d is an MMDiT-X block (attn2): training through "
-                            "dual-attention blocks is not supported yet", i);
+    int n_dual = 0;
+    for (int i = 0; i < cfg->num_layers; i++) n_dual += m->blocks[i].dual;
     const int h = H / p, w = W / p;
     if (tr->B != B || tr->H != H || tr->W != W || tr->S != S || !tr->mem) {
+        tr->n_dual = n_dual;
         tr->B = B, tr->H = H, tr->W = W, tr->S = S;
         tr->Tx = h * w, tr->Tc = S, tr->T = h * w + S;
         tr->C = cfg->num_attention_heads * cfg->attention_head_dim;

@@ -21,8 +21,8 @@
  * are kept (C T floats per block) and a block's forward is recomputed, into one set of buffers, just
  * before its backward — the gradients are bit-identical either way (the recompute is deterministic).
  *
- * Not supported (SD3_ERR_UNSUPPORTED from trainer_forward): MMDiT-X (dual attention) blocks and skip_layers.
- * qk RMSNorm (SD3.5) is supported. One trainer per thread; the kernels' pool is process-wide.
+ * Supported: SD3 (plain joint blocks), qk RMSNorm (SD3.5), MMDiT-X dual-attention blocks (SD3.5 medium:
+ * the image-only attn2 branch). Not supported: skip_layers. One trainer per thread; the kernels' pool is process-wide.
  */
 #ifndef SD3_TRAIN_H
 #define SD3_TRAIN_H
@@ -48,7 +48,8 @@ typedef struct trainer {
     train_block_acts *acts;     /* L slots (no checkpointing) or 1 */
     int n_acts;
     /* backward scratch */
-    float *gx, *gc, *dpo, *dA1, *dA2, *dA3, *dT1, *dT2, *d_o, *dq, *dk, *dv, *dq2, *dk2;
+    float *gx, *gc, *dpo, *dA1, *dA2, *dA3, *dA4, *dT1, *dT2, *d_o, *dq, *dk, *dv, *dq2, *dk2;
+    int n_dual;                 /* MMDiT-X blocks in the model (their attn2 buffers are allocated) */
 } trainer;
 
 /* Set up (no allocation yet: buffers follow the shapes of the first forward). */
