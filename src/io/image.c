@@ -1,6 +1,7 @@
 /* image.c — image loading with stb_image (size-checked before decoding) and PNG writing with libpng
  * (text metadata, atomic rename). */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <png.h>
 #include <string.h>
@@ -10,6 +11,48 @@
 
 #include <stb/stb_image.h>
 
+/* stb_image 2.27 (Debian's libstb) writes past a 257-byte array when a JPEG DHT segment declares more
+ * than 256 Huffman codes (fixed upstream in 2.28; found by our fuzzer). This walks every marker segment
+ * (entropy-coded data included: progressive files define tables between scans) and returns 0 for such a
+ * file, so it is refused before stb sees it. Non-JPEG or truncated input returns 1 (stb rejects it). */
+static int jpeg_dht_ok(const uint8_t *d, size_t n) {
+    if (n < 4 || d[0] != 0xFF || d[1] != 0xD8) return 1;
+    size_t i = 2;
+    while (i + 4 <= n) {
+        if (d[i] != 0xFF) { i++; continue; }           /* entropy-coded data or fill */
+        uint8_t m = d[i + 1];
+        if (m == 0xFF) { i++; continue; }               /* fill byte before a marker */
+        if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) { i += 2; continue; }  /* stuffing, TEM, RSTn, SOI */
+        if (m == 0xD9) return 1;                        /* EOI */
+        size_t L = ((size_t)d[i + 2] << 8) | d[i + 3];
+        if (m == 0xC4) {                                /* DHT: tables of 1 + 16 counts + values */
+            size_t p = i + 4, end = i + 2 + L;
+            if (end > n) end = n;
+            while (p + 17 <= end) {
+                size_t codes = 0;
+                for (int k = 0; k < 16; k++) codes += d[p + 1 + k];
+                if (codes > 256) return 0;
+                p += 17 + codes;
+            }
+        }
+        if (L < 2) return 1;
+        i += 2 + L;
+    }
+    return 1;
+}
+
+/* Read a whole file of at most max bytes. */
+static unsigned char *read_file(FILE *f, size_t max, size_t *n) {
+    if (fseek(f, 0, SEEK_END) != 0) return NULL;
+    long len = ftell(f);
+    if (len < 0 || (unsigned long)len > max || fseek(f, 0, SEEK_SET) != 0) return NULL;
+    unsigned char *b = malloc((size_t)len + 1);
+    if (!b) return NULL;
+    if (fread(b, 1, (size_t)len, f) != (size_t)len) { free(b); return NULL; }
+    *n = (size_t)len;
+    return b;
+}
+
 sd3_status image_load(image *img, const char *path, sd3_err *err) {
     memset(img, 0, sizeof *img);
     struct stat sb;
@@ -18,20 +61,27 @@ sd3_status image_load(image *img, const char *path, sd3_err *err) {
     if (!S_ISREG(sb.st_mode)) return sd3_errf(err, SD3_ERR_IO, "%s: not a regular file", path);
     FILE *f = fopen(path, "rb");
     if (!f) return sd3_errf(err, SD3_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    size_t n = 0;
+    unsigned char *buf = read_file(f, IMAGE_MAX_FILE, &n);
+    fclose(f);
+    if (!buf) return sd3_errf(err, SD3_ERR_IO, "%s: cannot read (or larger than %d MB)", path, (int)(IMAGE_MAX_FILE >> 20));
+    if (!jpeg_dht_ok(buf, n)) {
+        free(buf);
+        return sd3_errf(err, SD3_ERR_FORMAT, "%s: corrupt JPEG (a Huffman table declares more than 256 codes)", path);
+    }
     int w = 0, h = 0, c = 0;
-    if (!stbi_info_from_file(f, &w, &h, &c)) {
-        fclose(f);
+    if (n > INT_MAX || !stbi_info_from_memory(buf, (int)n, &w, &h, &c)) {
+        free(buf);
         return sd3_errf(err, SD3_ERR_FORMAT, "%s: not a readable image (%s)", path, stbi_failure_reason());
     }
-    if (w <= 0 || h <= 0) { fclose(f); return sd3_errf(err, SD3_ERR_FORMAT, "%s: image is %dx%d", path, w, h); }
+    if (w <= 0 || h <= 0) { free(buf); return sd3_errf(err, SD3_ERR_FORMAT, "%s: image is %dx%d", path, w, h); }
     if (w > IMAGE_MAX_SIDE || h > IMAGE_MAX_SIDE || (int64_t)w * h > IMAGE_MAX_PIXELS) {
-        fclose(f);
+        free(buf);
         return sd3_errf(err, SD3_ERR_FORMAT, "%s: image is %dx%d, over the limit of %d per side and %lld pixels", path, w, h,
                         IMAGE_MAX_SIDE, (long long)IMAGE_MAX_PIXELS);
     }
-    fseek(f, 0, SEEK_SET);
-    unsigned char *px = stbi_load_from_file(f, &w, &h, &c, 3);
-    fclose(f);
+    unsigned char *px = stbi_load_from_memory(buf, (int)n, &w, &h, &c, 3);
+    free(buf);
     if (!px) return sd3_errf(err, SD3_ERR_FORMAT, "%s: cannot decode image (%s)", path, stbi_failure_reason());
     img->w = w;
     img->h = h;

@@ -7,6 +7,7 @@
 
 #define IMAGE_MAX_SIDE 16384
 #define IMAGE_MAX_PIXELS (64ll * 1024 * 1024)
+#define IMAGE_MAX_FILE ((size_t)1 << 30)   /* bytes of an image file read into memory */
 
 /* An 8-bit RGB image, rows top to bottom, pixels interleaved (H, W, 3). */
 typedef struct image {

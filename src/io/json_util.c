@@ -1,5 +1,6 @@
 /* json_util.c — JSON config helpers (see json_util.h). */
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
 #include "io/json_util.h"
@@ -47,9 +48,18 @@ static const cJSON *get(const cJSON *o, const char *key) {
     return (v && !cJSON_IsNull(v)) ? v : NULL;
 }
 
+/* A JSON number as int without undefined behaviour: NaN gives def, out-of-range values saturate (so a
+ * config validator downstream sees an absurd value and names it, instead of a wrapped one). */
+static int to_int(double d, int def) {
+    if (d != d) return def;
+    if (d >= 2147483647.0) return INT_MAX;
+    if (d <= -2147483648.0) return INT_MIN;
+    return (int)d;
+}
+
 int json_int(const cJSON *o, const char *key, int def) {
     const cJSON *v = get(o, key);
-    return cJSON_IsNumber(v) ? (int)v->valuedouble : def;
+    return cJSON_IsNumber(v) ? to_int(v->valuedouble, def) : def;
 }
 double json_num(const cJSON *o, const char *key, double def) {
     const cJSON *v = get(o, key);
@@ -66,7 +76,8 @@ int json_bool(const cJSON *o, const char *key, int def) {
 
 sd3_status json_req_int(const cJSON *o, const char *key, int *out, const char *label, sd3_err *err) {
     const cJSON *v = get(o, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= -2147483648.0 && v->valuedouble <= 2147483647.0) ||
+        v->valuedouble != (double)(int)v->valuedouble)
         return sd3_errf(err, SD3_ERR_FORMAT, "%s: key '%s' missing or not an integer", label, key);
     *out = (int)v->valuedouble;
     return SD3_OK;
@@ -88,7 +99,9 @@ sd3_status json_int_array(const cJSON *o, const char *key, int *out, int max, in
     if (cnt > max) return sd3_errf(err, SD3_ERR_FORMAT, "%s: key '%s' has %d values (at most %d)", label, key, cnt, max);
     for (int i = 0; i < cnt; i++) {
         const cJSON *e = cJSON_GetArrayItem(v, i);
-        if (!cJSON_IsNumber(e)) return sd3_errf(err, SD3_ERR_FORMAT, "%s: key '%s'[%d] is not a number", label, key, i);
+        if (!cJSON_IsNumber(e) || !(e->valuedouble >= -2147483648.0 && e->valuedouble <= 2147483647.0) ||
+            e->valuedouble != (double)(int)e->valuedouble)
+            return sd3_errf(err, SD3_ERR_FORMAT, "%s: key '%s'[%d] is not an integer", label, key, i);
         out[i] = (int)e->valuedouble;
     }
     *n = cnt;

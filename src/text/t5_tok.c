@@ -17,6 +17,23 @@ static const char METASPACE[] = "\xE2\x96\x81";  /* U+2581 "▁" */
 /* Precompiled charsmap: a Darts-clone double array over UTF-8 bytes + a NUL-separated string pool     */
 /* ------------------------------------------------------------------------------------------------ */
 
+/* Offset of the first byte of p[0..n) that breaks UTF-8 (strict: no overlongs, surrogates or values past
+ * U+10FFFF; NUL separators are fine), or (size_t)-1 if it is all valid. */
+static size_t pool_utf8_error(const char *p, size_t n) {
+    const unsigned char *s = (const unsigned char *)p;
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        size_t k = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+        if (!k || i + k > n) return i;
+        for (size_t j = 1; j < k; j++)
+            if ((s[i + j] & 0xC0) != 0x80) return i;
+        if (k == 3 && ((c == 0xE0 && s[i + 1] < 0xA0) || (c == 0xED && s[i + 1] >= 0xA0))) return i;
+        if (k == 4 && ((c == 0xF0 && s[i + 1] < 0x90) || (c == 0xF4 && s[i + 1] >= 0x90))) return i;
+        i += k;
+    }
+    return (size_t)-1;
+}
+
 /* Split a charsmap blob (u32 trie byte size, the trie units, the replacement pool) into tok. */
 static sd3_status charsmap_parse(t5_tok *t, const unsigned char *b, size_t n, const char *what, sd3_err *err) {
     if (n < 4) return sd3_errf(err, SD3_ERR_FORMAT, "%s: precompiled_charsmap of %zu bytes is truncated", what, n);
@@ -34,6 +51,11 @@ static sd3_status charsmap_parse(t5_tok *t, const unsigned char *b, size_t n, co
     }
     memcpy(t->norm, b + 4 + tsize, t->norm_len);
     t->norm[t->norm_len] = 0;
+    /* The encoder walks replacements by UTF-8 lead bytes: a pool that is not valid UTF-8 would make it step
+     * past its buffers (found by fuzzing), so reject it here. */
+    size_t bad = pool_utf8_error(t->norm, t->norm_len);
+    if (bad != (size_t)-1)
+        return sd3_errf(err, SD3_ERR_FORMAT, "%s: precompiled_charsmap replacement strings are not valid UTF-8 (byte %zu)", what, bad);
     return SD3_OK;
 }
 
