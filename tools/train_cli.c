@@ -10,8 +10,9 @@
  * step still draws latent_dist.sample()), the VAE released; then the training loop (src/train/checkpoint.h)
  * on the transformer. Validation images go through the pipeline with the current LoRA attached.
  *
- * Not supported yet (refused with a message): --with-prior-preservation / class images,
- * --train-text-encoder, MMDiT-X (SD3.5 medium) transformers.
+ * Prior preservation: missing class images are generated first (the pipeline, 28 steps, CFG 7, seeds
+ * derived from --seed; the script draws them unseeded), then encoded like the instance images.
+ * Not supported yet (refused with a message): --train-text-encoder.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -61,6 +62,9 @@ static void train_usage(FILE *f) {
             "  --checkpointing-steps N       default 500 (checkpoint-N folders, written atomically)\n"
             "  --resume-from-checkpoint P    a checkpoint folder or \"latest\"\n"
             "  --stop-after-steps N          stop after N steps (as an interruption; resume later)\n"
+            "  --with-prior-preservation --class-data-dir DIR --class-prompt TEXT   prior preservation; missing\n"
+            "                                class images (up to --num-class-images, default 100) are generated\n"
+            "  --prior-loss-weight X         default 1.0\n"
             "  --validation-prompt TEXT --validation-epochs N (default 50) --num-validation-images N (default 4)\n"
             "  --validation-steps N          validate every N optimizer steps instead of epochs\n"
             "  --max-sequence-length N       T5 tokens, default 77\n"
@@ -141,6 +145,133 @@ static int preprocess(const image *im, int res, int center_crop, int random_flip
     return 0;
 }
 
+/* A folder of images and, once encoded, their VAE posteriors (mean, std; n x 16 x h x h each). */
+typedef struct img_set {
+    const char *dir;
+    char **names;
+    int n;
+    float *mean, *std;
+} img_set;
+
+static void img_set_free(img_set *s) {
+    for (int i = 0; i < s->n; i++) free(s->names[i]);
+    free(s->names), free(s->mean), free(s->std);
+    memset(s, 0, sizeof *s);
+}
+
+/* The image files of dir, sorted by name (runs are reproducible whatever the directory order). */
+static int list_images(const char *dir, img_set *s) {
+    memset(s, 0, sizeof *s);
+    s->dir = dir;
+    DIR *dd = opendir(dir);
+    if (!dd) {
+        fprintf(stderr, "train-lora: %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    struct dirent *e;
+    while ((e = readdir(dd)))
+        if (e->d_name[0] != '.' && is_image_name(e->d_name)) {
+            char **nn = realloc(s->names, sizeof(char *) * (size_t)(s->n + 1));
+            if (!nn) break;
+            s->names = nn;
+            s->names[s->n++] = strdup(e->d_name);
+        }
+    closedir(dd);
+    for (int i = 0; i < s->n; i++)
+        for (int j = i + 1; j < s->n; j++)
+            if (strcmp(s->names[j], s->names[i]) < 0) { char *t = s->names[i]; s->names[i] = s->names[j]; s->names[j] = t; }
+    return 0;
+}
+
+/* Preprocess and VAE-encode every image of s into s->mean / s->std. */
+static int encode_set(const vae_model *vae, img_set *s, int res, int center_crop, int random_flip, torch_gen *g) {
+    const int f = vae_downscale(&vae->cfg), L = vae->cfg.latent_channels, h = res / f;
+    const int64_t n1 = (int64_t)L * h * h;
+    float *pix = malloc(sizeof(float) * 3 * (size_t)res * res), *mom = malloc(sizeof(float) * (size_t)(2 * n1));
+    s->mean = malloc(sizeof(float) * (size_t)(s->n * n1));
+    s->std = malloc(sizeof(float) * (size_t)(s->n * n1));
+    int rc = -1;
+    sd3_err err = {0};
+    if (!pix || !mom || !s->mean || !s->std) { fprintf(stderr, "train-lora: out of memory\n"); goto done; }
+    for (int i = 0; i < s->n; i++) {
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", s->dir, s->names[i]);
+        image im = {0};
+        if (image_load(&im, path, &err) != SD3_OK) { fprintf(stderr, "train-lora: %s\n", err.msg); goto done; }
+        int bad = preprocess(&im, res, center_crop, random_flip, g, pix);
+        image_free(&im);
+        sd3_status st = bad ? sd3_errf(&err, SD3_ERR_NOMEM, "out of memory")
+                            : vae_encode(vae, pix, 1, 3, res, res, mom, NULL, &err);
+        if (st != SD3_OK) { fprintf(stderr, "train-lora: %s: %s\n", path, err.msg); goto done; }
+        vae_moments_split(mom, 1, L, (int64_t)h * h, s->mean + i * n1, s->std + i * n1);
+        vae_posterior_std(s->std + i * n1, s->std + i * n1, (size_t)n1);
+        fprintf(stderr, "train-lora: encoded %s\n", path);
+    }
+    rc = 0;
+done:
+    free(pix), free(mom);
+    return rc;
+}
+
+/* encode_prompt for one prompt without negatives. */
+static int encode_one(const model_store *ms, const char *prompt, int seq_len, encode_out *o, sd3_err *err) {
+    const char *pr[1] = {prompt};
+    encode_req er;
+    memset(&er, 0, sizeof er);
+    er.n_prompts = 1, er.prompt = pr, er.num_images_per_prompt = 1, er.max_sequence_length = seq_len;
+    return encode_prompt(ms, &er, o, err) == SD3_OK ? 0 : -1;
+}
+
+/* One image of the pipeline (28 steps, CFG 7, the script's pipeline defaults) written as PNG to path. */
+static int generate_png(const model_store *ms, const char *prompt, const char *lora, int res, int seq_len,
+                        uint64_t seed, const char *path) {
+    const char *pr[1] = {prompt}, *loras[1] = {lora};
+    float scales[1] = {1.0f};
+    pipe_req r;
+    memset(&r, 0, sizeof r);
+    r.text.n_prompts = 1;
+    r.text.prompt = pr;
+    r.text.num_images_per_prompt = 1;
+    r.text.max_sequence_length = seq_len;
+    r.width = r.height = res;
+    r.steps = 28;
+    r.cfg_scale = 7.0f;
+    r.seed = seed;
+    if (lora) r.loras = loras, r.lora_scales = scales, r.n_loras = 1;
+    r.decode = 1;
+    pipe_out o;
+    memset(&o, 0, sizeof o);
+    sd3_err err = {0};
+    if (pipe_generate(ms, &r, NULL, &o, &err) != SD3_OK) {
+        fprintf(stderr, "train-lora: generating '%s': %s\n", prompt, err.msg);
+        return -1;
+    }
+    const int H = 8 * o.h, W = 8 * o.w;
+    image im = {.w = W, .h = H, .rgb = malloc((size_t)W * H * 3)}; /* image_from_chw fills a given buffer */
+    int rc = -1;
+    image_text tx[1] = {{"prompt", prompt}};
+    if (im.rgb) {
+        image_from_chw(&im, o.decoded, H, W);
+        if (image_write_png(&im, path, tx, 1, &err) == SD3_OK) rc = 0;
+        else fprintf(stderr, "train-lora: %s\n", err.msg);
+    }
+    free(im.rgb);
+    pipe_out_free(&o);
+    return rc;
+}
+
+/* The script's class-image generation: the missing images, one pipeline run each (seed + index). */
+static int generate_class_images(const model_store *ms, const char *dir, const char *prompt, int have, int n_new,
+                                 int res, int seq_len, uint64_t seed) {
+    fprintf(stderr, "train-lora: generating %d class images in %s\n", n_new, dir);
+    for (int k = 0; k < n_new; k++) {
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%d-sd3c.png", dir, have + k);
+        if (generate_png(ms, prompt, NULL, res, seq_len, seed + 1000003ULL * (uint64_t)(have + k + 1), path)) return -1;
+    }
+    return 0;
+}
+
 /* State for the validation / progress callbacks. */
 typedef struct cli_ctx {
     const model_store *ms;
@@ -167,36 +298,10 @@ static int on_validation(void *user, int64_t step, const lt_set *L) {
         fprintf(stderr, "validation: %s\n", err.msg);
         return -1;
     }
-    const char *pr[1] = {c->prompt}, *loras[1] = {lp};
-    float scales[1] = {1.0f};
     for (int k = 0; k < c->n_images; k++) {
-        pipe_req r;
-        memset(&r, 0, sizeof r);
-        r.text.n_prompts = 1;
-        r.text.prompt = pr;
-        r.text.num_images_per_prompt = 1;
-        r.text.max_sequence_length = c->seq_len;
-        r.width = r.height = c->res;
-        r.steps = 28;
-        r.cfg_scale = 7.0f;
-        r.seed = c->seed + (uint64_t)k;
-        r.loras = loras, r.lora_scales = scales, r.n_loras = 1;
-        r.decode = 1;
-        pipe_out o;
-        memset(&o, 0, sizeof o);
-        if (pipe_generate(c->ms, &r, NULL, &o, &err) != SD3_OK) {
-            fprintf(stderr, "validation: %s\n", err.msg);
-            return -1;
-        }
-        const int H = 8 * o.h, W = 8 * o.w;
-        image im = {.w = W, .h = H, .rgb = malloc((size_t)W * H * 3)}; /* image_from_chw fills a given buffer */
-        if (im.rgb) image_from_chw(&im, o.decoded, H, W);
         snprintf(ip, sizeof ip, "%s/validation-step%lld-%d.png", c->out_dir, (long long)step, k);
-        image_text tx[1] = {{"prompt", c->prompt}};
-        if (!im.rgb || image_write_png(&im, ip, tx, 1, &err) != SD3_OK) fprintf(stderr, "validation: %s\n", err.msg);
-        else fprintf(stderr, "validation: wrote %s\n", ip);
-        free(im.rgb);
-        pipe_out_free(&o);
+        if (generate_png(c->ms, c->prompt, lp, c->res, c->seq_len, c->seed + (uint64_t)k, ip)) return -1;
+        fprintf(stderr, "validation: wrote %s\n", ip);
     }
     return 0;
 }
@@ -205,7 +310,8 @@ int sd3_cmd_train_lora(int argc, char **argv) {
     train_opts o = train_opts_default();
     const char *model = NULL, *data_dir = NULL, *prompt = NULL, *val_prompt = NULL;
     int res = 512, center_crop = 0, random_flip = 0, seq_len = 77, val_epochs = 50, n_val = 4, val_steps = 0;
-    int epochs = 1, steps_given = 0, threads = 0;
+    int epochs = 1, steps_given = 0, threads = 0, prior = 0, n_class_images = 100;
+    const char *class_dir = NULL, *class_prompt = NULL;
     double v;
     for (int i = 0; i < argc; i++) {
         char a[128];
@@ -260,9 +366,13 @@ int sd3_cmd_train_lora(int argc, char **argv) {
         } else if (!strcmp(a, "--weighting-scheme")) {
             if (!val) { fprintf(stderr, "train-lora: --weighting-scheme needs a value\n"); return 2; }
             o.weighting = density_scheme_parse(val), i++;
-        } else if (!strcmp(a, "--with-prior-preservation") || !strcmp(a, "--class-data-dir") ||
-                   !strcmp(a, "--class-prompt") || !strcmp(a, "--train-text-encoder")) {
-            fprintf(stderr, "train-lora: %s is not supported yet (prior preservation and text-encoder LoRA)\n", a);
+        } else if (!strcmp(a, "--with-prior-preservation")) prior = 1;
+        else if (!strcmp(a, "--class-data-dir")) class_dir = val, i++;
+        else if (!strcmp(a, "--class-prompt")) class_prompt = val, i++;
+        else if (!strcmp(a, "--prior-loss-weight")) { if (!(bad = NUM(0, 1e6))) o.prior_loss_weight = v; }
+        else if (!strcmp(a, "--num-class-images")) { if (!(bad = NUM(0, 1e6))) n_class_images = (int)v; }
+        else if (!strcmp(a, "--train-text-encoder")) {
+            fprintf(stderr, "train-lora: %s is not supported yet (text-encoder LoRA)\n", a);
             return 2;
         } else {
             fprintf(stderr, "train-lora: unknown option '%s' (see sd3 train-lora --help)\n", argv[i]);
@@ -280,22 +390,10 @@ int sd3_cmd_train_lora(int argc, char **argv) {
     if (res % 16) { fprintf(stderr, "train-lora: --resolution %d is not a multiple of 16\n", res); return 2; }
     if (threads) pool_set_threads(threads);
 
-    /* instance images */
-    DIR *dd = opendir(data_dir);
-    if (!dd) { fprintf(stderr, "train-lora: --instance-data-dir %s: %s\n", data_dir, strerror(errno)); return 1; }
-    char **names = NULL;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dd)))
-        if (e->d_name[0] != '.' && is_image_name(e->d_name)) {
-            names = realloc(names, sizeof(char *) * (size_t)(n + 1));
-            names[n++] = strdup(e->d_name);
-        }
-    closedir(dd);
-    if (n == 0) { fprintf(stderr, "train-lora: no images in %s\n", data_dir); return 1; }
-    for (int i = 0; i < n; i++) /* sorted, so runs are reproducible whatever the directory order */
-        for (int j = i + 1; j < n; j++)
-            if (strcmp(names[j], names[i]) < 0) { char *t = names[i]; names[i] = names[j]; names[j] = t; }
+    if (prior && (!class_dir || !class_prompt)) {
+        fprintf(stderr, "train-lora: --with-prior-preservation needs --class-data-dir and --class-prompt\n");
+        return 2;
+    }
     if (mkdir(o.output_dir, 0777) && errno != EEXIST) {
         fprintf(stderr, "train-lora: --output-dir %s: %s\n", o.output_dir, strerror(errno));
         return 1;
@@ -304,56 +402,66 @@ int sd3_cmd_train_lora(int argc, char **argv) {
     sd3_err err = {0};
     if (ms_open(&ms, model, &err) != SD3_OK) { fprintf(stderr, "train-lora: %s\n", err.msg); return 1; }
     int rc = 1;
-    float *pix = malloc(sizeof(float) * 3 * (size_t)res * res);
-    float *mean = NULL, *stdv = NULL, *mom = NULL;
-    encode_out eo;
+    img_set inst = {0}, cls = {0};
+    encode_out eo, ec;
     memset(&eo, 0, sizeof eo);
+    memset(&ec, 0, sizeof ec);
     mmdit_model mm;
     memset(&mm, 0, sizeof mm);
     vae_model vae;
     memset(&vae, 0, sizeof vae);
     int vae_open = 0;
 
+    if (list_images(data_dir, &inst) || inst.n == 0) {
+        fprintf(stderr, "train-lora: --instance-data-dir %s: no images\n", data_dir);
+        goto out;
+    }
+    if (prior) {
+        /* the script generates the missing class images with the pipeline first */
+        if (mkdir(class_dir, 0777) && errno != EEXIST) {
+            fprintf(stderr, "train-lora: --class-data-dir %s: %s\n", class_dir, strerror(errno));
+            goto out;
+        }
+        if (list_images(class_dir, &cls)) goto out;
+        if (cls.n < n_class_images &&
+            generate_class_images(ms, class_dir, class_prompt, cls.n, n_class_images - cls.n, res, seq_len, o.seed))
+            goto out;
+        img_set_free(&cls);
+        if (list_images(class_dir, &cls) || cls.n == 0) {
+            fprintf(stderr, "train-lora: --class-data-dir %s: no images\n", class_dir);
+            goto out;
+        }
+    }
+
     /* prompt embeddings, once (each text encoder loaded and released in turn) */
-    const char *pr[1] = {prompt};
-    encode_req er;
-    memset(&er, 0, sizeof er);
-    er.n_prompts = 1, er.prompt = pr, er.num_images_per_prompt = 1, er.max_sequence_length = seq_len;
-    fprintf(stderr, "train-lora: encoding the instance prompt\n");
-    if (encode_prompt(ms, &er, &eo, &err) != SD3_OK) { fprintf(stderr, "train-lora: %s\n", err.msg); goto out; }
+    fprintf(stderr, "train-lora: encoding the prompts\n");
+    if (encode_one(ms, prompt, seq_len, &eo, &err) || (prior && encode_one(ms, class_prompt, seq_len, &ec, &err))) {
+        fprintf(stderr, "train-lora: %s\n", err.msg);
+        goto out;
+    }
 
     /* VAE-encode every image once */
     if (comp_open_vae(ms, &vae, &err) != SD3_OK) { fprintf(stderr, "train-lora: %s\n", err.msg); goto out; }
     vae_open = 1;
-    const int f = vae_downscale(&vae.cfg), L = vae.cfg.latent_channels, h = res / f;
-    const int64_t n1 = (int64_t)L * h * h;
-    mean = malloc(sizeof(float) * (size_t)(n * n1));
-    stdv = malloc(sizeof(float) * (size_t)(n * n1));
-    mom = malloc(sizeof(float) * (size_t)(2 * n1));
-    if (!pix || !mean || !stdv || !mom) { fprintf(stderr, "train-lora: out of memory\n"); goto out; }
     torch_gen pg;
     tgen_init(&pg, o.seed ^ 0x5eedULL, TGEN_KERNEL_AVX2);
-    for (int i = 0; i < n; i++) {
-        char path[4400];
-        snprintf(path, sizeof path, "%s/%s", data_dir, names[i]);
-        image im = {0};
-        if (image_load(&im, path, &err) != SD3_OK) { fprintf(stderr, "train-lora: %s\n", err.msg); goto out; }
-        int bad = preprocess(&im, res, center_crop, random_flip, &pg, pix);
-        image_free(&im);
-        sd3_status s = bad ? sd3_errf(&err, SD3_ERR_NOMEM, "out of memory")
-                           : vae_encode(&vae, pix, 1, 3, res, res, mom, NULL, &err);
-        if (s != SD3_OK) { fprintf(stderr, "train-lora: %s: %s\n", path, err.msg); goto out; }
-        vae_moments_split(mom, 1, L, (int64_t)h * h, mean + i * n1, stdv + i * n1);
-        vae_posterior_std(stdv + i * n1, stdv + i * n1, (size_t)n1);
-        fprintf(stderr, "train-lora: encoded %s\n", names[i]);
+    if (encode_set(&vae, &inst, res, center_crop, random_flip, &pg) ||
+        (prior && encode_set(&vae, &cls, res, center_crop, random_flip, &pg)))
+        goto out;
+    const int h = res / vae_downscale(&vae.cfg);
+    train_data d = {.n = inst.n, .C = vae.cfg.latent_channels, .H = h, .W = h, .S = eo.S, .J = eo.J, .P = eo.P,
+                    .mean = inst.mean, .std = inst.std, .shift = vae.cfg.shift_factor,
+                    .scale = vae.cfg.scaling_factor, .ctx = eo.pe, .pooled = eo.pooled};
+    if (prior) {
+        d.n_class = cls.n, d.class_mean = cls.mean, d.class_std = cls.std, d.class_ctx = ec.pe;
+        d.class_pooled = ec.pooled;
     }
-    train_data d = {.n = n, .C = L, .H = h, .W = h, .S = eo.S, .J = eo.J, .P = eo.P, .mean = mean, .std = stdv,
-                    .shift = vae.cfg.shift_factor, .scale = vae.cfg.scaling_factor, .ctx = eo.pe, .pooled = eo.pooled};
     vae_free(&vae);
     vae_open = 0;
 
     if (comp_open_mmdit(ms, &mm, &err) != SD3_OK) { fprintf(stderr, "train-lora: %s\n", err.msg); goto out; }
-    int steps_per_epoch = ((n + o.train_batch_size - 1) / o.train_batch_size + o.gradient_accumulation_steps - 1) /
+    const int len = prior && cls.n > inst.n ? cls.n : inst.n;   /* DreamBoothDataset's length */
+    int steps_per_epoch = ((len + o.train_batch_size - 1) / o.train_batch_size + o.gradient_accumulation_steps - 1) /
                           o.gradient_accumulation_steps;
     if (!steps_given) o.max_train_steps = epochs * steps_per_epoch;
     cli_ctx cc = {.ms = ms, .out_dir = o.output_dir, .prompt = val_prompt, .n_images = n_val, .res = res,
@@ -364,9 +472,9 @@ int sd3_cmd_train_lora(int argc, char **argv) {
         o.validation = on_validation;
         o.validation_steps = val_steps ? val_steps : val_epochs * steps_per_epoch;
     }
-    fprintf(stderr, "train-lora: %d images, %dx%d latents, %d steps (batch %d x %d accumulation), rank %d, %s\n", n, h, h,
-            o.max_train_steps, o.train_batch_size, o.gradient_accumulation_steps, o.rank,
-            density_scheme_name(o.weighting));
+    fprintf(stderr, "train-lora: %d images%s, %dx%d latents, %d steps (batch %d x %d accumulation), rank %d, %s\n",
+            inst.n, prior ? " + class images" : "", h, h, o.max_train_steps, o.train_batch_size,
+            o.gradient_accumulation_steps, o.rank, density_scheme_name(o.weighting));
     if (train_run(&mm, &o, &d, &err) != SD3_OK) { fprintf(stderr, "train-lora: %s\n", err.msg); goto out; }
     fprintf(stderr, "train-lora: wrote %s/pytorch_lora_weights.safetensors\n", o.output_dir);
     rc = 0;
@@ -374,9 +482,9 @@ out:
     if (vae_open) vae_free(&vae);
     mmdit_free(&mm);
     encode_out_free(&eo);
+    encode_out_free(&ec);
     ms_close(ms);
-    free(pix), free(mean), free(stdv), free(mom);
-    for (int i = 0; i < n; i++) free(names[i]);
-    free(names);
+    img_set_free(&inst);
+    img_set_free(&cls);
     return rc;
 }

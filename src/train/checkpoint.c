@@ -48,6 +48,7 @@ train_opts train_opts_default(void) {
     o.weighting = DENSITY_LOGIT_NORMAL;
     o.logit_mean = 0.0, o.logit_std = 1.0, o.mode_scale = 1.29;
     o.flow_shift = 3.0;
+    o.prior_loss_weight = 1.0;
     o.gradient_checkpointing = 1;
     o.output_dir = "sd3-dreambooth-lora";
     return o;
@@ -208,7 +209,11 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
                         "or options for this transformer", d->n, d->C, d->J, d->P);
     if (mkdir(o->output_dir, 0777) && errno != EEXIST)
         return sd3_errf(err, SD3_ERR_IO, "train: cannot create %s: %s", o->output_dir, strerror(errno));
-    const int B = o->train_batch_size, C = d->C, H = d->H, W = d->W, S = d->S, J = d->J, P = d->P;
+    if (d->n_class < 0 || (d->n_class > 0 && (!d->class_mean || !d->class_ctx || !d->class_pooled)))
+        return sd3_errf(err, SD3_ERR_INVALID_ARG, "train: prior preservation needs class latents and embeddings");
+    const int Bi = o->train_batch_size, np = d->n_class > 0 ? Bi : 0, B = Bi + np;
+    const int nlen = d->n > d->n_class ? d->n : d->n_class; /* DreamBoothDataset's length */
+    const int C = d->C, H = d->H, W = d->W, S = d->S, J = d->J, P = d->P;
     const int64_t n1 = (int64_t)C * H * W;
     flow_config fc = flow_config_default();
     fc.shift = o->flow_shift;
@@ -222,17 +227,18 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
     s = lt_create(&L, m, o->rank, (float)o->rank, o->lora_layers, o->lora_blocks, err);
     float *x0 = sd3_malloc(sizeof(float) * (size_t)(3 * B * n1));
     float *ctx = sd3_malloc(sizeof(float) * (size_t)B * S * J), *pooled = sd3_malloc(sizeof(float) * (size_t)B * P);
-    ls.perm = sd3_calloc((size_t)d->n, sizeof(int32_t));
+    ls.perm = sd3_calloc((size_t)nlen, sizeof(int32_t));
     if (s == SD3_OK && (!x0 || !ctx || !pooled || !ls.perm)) s = sd3_errf(err, SD3_ERR_NOMEM, "train: out of memory");
     if (s != SD3_OK) goto done;
     float *noise = x0 + B * n1, *tmp = x0 + 2 * B * n1;
     for (int b = 0; b < B; b++) {
-        memcpy(ctx + (int64_t)b * S * J, d->ctx, sizeof(float) * (size_t)S * J);
-        memcpy(pooled + (int64_t)b * P, d->pooled, sizeof(float) * (size_t)P);
+        const int cls = b >= Bi;
+        memcpy(ctx + (int64_t)b * S * J, cls ? d->class_ctx : d->ctx, sizeof(float) * (size_t)S * J);
+        memcpy(pooled + (int64_t)b * P, cls ? d->class_pooled : d->pooled, sizeof(float) * (size_t)P);
     }
     tgen_init(&ls.gen, o->seed, TGEN_KERNEL_AVX2);
     lt_init_gaussian(&L, &ls.gen);
-    ls.pos = d->n;
+    ls.pos = nlen;
     if (o->resume_from) {
         char dir[4096];
         if (!strcmp(o->resume_from, "latest")) latest_checkpoint(o->output_dir, dir, sizeof dir);
@@ -240,7 +246,7 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
         if (!dir[0]) {
             LOG_WARN("train: no checkpoint in %s; starting a new run", o->output_dir);
         } else {
-            if ((s = load_checkpoint(dir, &L, &ls, d->n, err)) != SD3_OK) goto done;
+            if ((s = load_checkpoint(dir, &L, &ls, nlen, err)) != SD3_OK) goto done;
             LOG_INFO("train: resumed from %s at step %lld", dir, (long long)ls.step);
         }
     }
@@ -250,13 +256,18 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
         lt_zero_grad(&L);
         float step_loss = 0;
         for (int a = 0; a < o->gradient_accumulation_steps; a++) {
+            int kidx[256];
+            if (B > 256) { s = sd3_errf(err, SD3_ERR_INVALID_ARG, "train: batch %d > 256", B); goto done; }
+            for (int b = 0; b < Bi; b++) kidx[b] = next_index(&ls, nlen);
             for (int b = 0; b < B; b++) {
-                int i = next_index(&ls, d->n);
-                const float *mu = d->mean + (int64_t)i * n1;
+                /* collate_fn order: the instances, then the class images of the same dataset items */
+                const int cls = b >= Bi, k = kidx[cls ? b - Bi : b], i = cls ? k % d->n_class : k % d->n;
+                const float *mu = (cls ? d->class_mean : d->mean) + (int64_t)i * n1;
+                const float *sdv = cls ? d->class_std : d->std;
                 float *xb = x0 + (int64_t)b * n1;
-                if (d->std) {
+                if (sdv) {
                     tgen_randn(&ls.gen, tmp, n1);
-                    const float *sd = d->std + (int64_t)i * n1;
+                    const float *sd = sdv + (int64_t)i * n1;
                     for (int64_t e = 0; e < n1; e++) xb[e] = mu[e] + sd[e] * tmp[e];
                 } else memcpy(xb, mu, sizeof(float) * (size_t)n1);
                 const float sh = (float)d->shift, sc = (float)d->scale;
@@ -264,7 +275,6 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
             }
             tgen_randn(&ls.gen, noise, B * n1);
             float u[256], ts[256], sig[256], wt[256];
-            if (B > 256) { s = sd3_errf(err, SD3_ERR_INVALID_ARG, "train: batch %d > 256", B); goto done; }
             if ((s = density_sample(&ls.gen, o->weighting, B, o->logit_mean, o->logit_std, o->mode_scale, u, err)) !=
                 SD3_OK)
                 goto done;
@@ -275,8 +285,8 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
             }
             density_loss_weighting(o->weighting, sig, wt, B);
             float loss = 0;
-            s = train_loss_backward(&tr, x0, noise, sig, ts, wt, ctx, pooled, B, H, W, S, inv_acc, &loss, NULL, NULL,
-                                    NULL, err);
+            s = train_loss_backward_prior(&tr, x0, noise, sig, ts, wt, ctx, pooled, B, np, (float)o->prior_loss_weight,
+                                          H, W, S, inv_acc, &loss, NULL, NULL, NULL, err);
             if (s != SD3_OK) goto done;
             step_loss += loss * inv_acc;
         }
@@ -287,7 +297,7 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
         ls.step++;
         if (o->progress) o->progress(o->user, ls.step, o->max_train_steps, step_loss, hp.lr, now_s() - t0);
         if (o->checkpointing_steps > 0 && ls.step % o->checkpointing_steps == 0 &&
-            (s = save_checkpoint(o->output_dir, &L, &ls, d->n, err)) != SD3_OK)
+            (s = save_checkpoint(o->output_dir, &L, &ls, nlen, err)) != SD3_OK)
             goto done;
         if (o->validation && o->validation_steps > 0 && ls.step % o->validation_steps == 0 &&
             o->validation(o->user, ls.step, &L))

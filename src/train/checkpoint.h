@@ -56,6 +56,7 @@ typedef struct train_opts {
     double logit_mean, logit_std, mode_scale; /* 0, 1, 1.29 */
     uint64_t seed;                  /* --seed (0 when not given) */
     double flow_shift;              /* the scheduler's shift (3.0 for SD3 / SD3.5) */
+    double prior_loss_weight;       /* --prior_loss_weight 1.0 (used when the data has class images) */
     int gradient_checkpointing;     /* 1 */
     const char *output_dir;
     const char *resume_from;        /* NULL, a checkpoint dir, or "latest" */
@@ -72,12 +73,19 @@ train_opts train_opts_default(void);
 
 /* The training set: n instance latents (16 x H x W) — the VAE posterior mean and, optionally, its std
  * (then each step samples mean + std * randn as latent_dist.sample()) — mapped with (x - shift) * scale,
- * and one prompt embedding (S x J, pooled P) shared by every instance (the instance prompt). */
+ * and one prompt embedding (S x J, pooled P) shared by every instance (the instance prompt).
+ * Prior preservation: n_class > 0 class latents with the class prompt's embedding. As the script's
+ * DreamBoothDataset, the epoch runs over max(n, n_class) indices k (shuffled), each giving instance k % n
+ * and class k % n_class; a micro-batch is [B instances ; B class images], each with its own prompt
+ * (the script in diffusers v0.32.2 passes the 2-row prompt tensor unrepeated, which only works for batch 1;
+ * for batch 1 the two agree). */
 typedef struct train_data {
     int n, C, H, W, S, J, P;
     const float *mean, *std;        /* n x C x H x W each; std may be NULL */
     double shift, scale;            /* vae shift_factor / scaling_factor */
     const float *ctx, *pooled;      /* S x J, P */
+    int n_class;                    /* class images (0: no prior preservation) */
+    const float *class_mean, *class_std, *class_ctx, *class_pooled;
 } train_data;
 
 /* Run the loop (resuming when o->resume_from is set), writing checkpoints and, at the end,

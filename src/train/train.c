@@ -539,13 +539,17 @@ sd3_status trainer_backward(trainer *tr, const float *d_out, sd3_err *err) {
     return SD3_OK;
 }
 
-sd3_status train_loss_backward(trainer *tr, const float *x0, const float *noise, const float *sigmas,
-                               const float *timesteps, const float *weighting, const float *ctx, const float *pooled,
-                               int B, int H, int W, int S, float loss_scale, float *loss, float *noisy_out,
-                               float *raw_out, float *pred_out, sd3_err *err) {
+sd3_status train_loss_backward_prior(trainer *tr, const float *x0, const float *noise, const float *sigmas,
+                                     const float *timesteps, const float *weighting, const float *ctx,
+                                     const float *pooled, int B, int n_prior, float prior_weight, int H, int W, int S,
+                                     float loss_scale, float *loss, float *noisy_out, float *raw_out, float *pred_out,
+                                     sd3_err *err) {
     const int Cl = tr->m->cfg.in_channels, Co = tr->m->cfg.out_channels;
     if (Cl != Co) return sd3_errf(err, SD3_ERR_UNSUPPORTED, "train: in_channels %d != out_channels %d", Cl, Co);
+    if (n_prior < 0 || n_prior >= B)
+        return sd3_errf(err, SD3_ERR_INVALID_ARG, "train: %d prior samples in a batch of %d", n_prior, B);
     const int64_t n = (int64_t)Cl * H * W, tot = (int64_t)B * n;
+    const int Bi = B - n_prior;
     float *buf = sd3_malloc(sizeof(float) * (size_t)(3 * tot));
     if (!buf) return sd3_errf(err, SD3_ERR_NOMEM, "train: out of memory");
     float *noisy = buf, *raw = buf + tot, *draw = buf + 2 * tot;
@@ -560,7 +564,15 @@ sd3_status train_loss_backward(trainer *tr, const float *x0, const float *noise,
     sd3_status st = trainer_forward(tr, noisy, B, H, W, ctx, S, pooled, timesteps, raw, err);
     if (st == SD3_OK) {
         memset(draw, 0, sizeof(float) * (size_t)tot);
-        float L = rf_loss_backward(draw, pred_out, raw, noisy, x0, sigmas, weighting, B, n);
+        /* instance loss over the first Bi samples; prior loss (weighted) over the last n_prior */
+        float L = rf_loss_backward(draw, pred_out, raw, noisy, x0, sigmas, weighting, Bi, n);
+        if (n_prior > 0) {
+            const int64_t o = (int64_t)Bi * n;
+            float Lp = rf_loss_backward(draw + o, pred_out ? pred_out + o : NULL, raw + o, noisy + o, x0 + o,
+                                        sigmas + Bi, weighting ? weighting + Bi : NULL, n_prior, n);
+            for (int64_t i = o; i < tot; i++) draw[i] *= prior_weight;
+            L = L + prior_weight * Lp;
+        }
         if (loss) *loss = L;
         if (loss_scale != 1.0f)
             for (int64_t i = 0; i < tot; i++) draw[i] *= loss_scale;
@@ -570,6 +582,14 @@ sd3_status train_loss_backward(trainer *tr, const float *x0, const float *noise,
     if (raw_out) memcpy(raw_out, raw, sizeof(float) * (size_t)tot);
     sd3_free(buf);
     return st;
+}
+
+sd3_status train_loss_backward(trainer *tr, const float *x0, const float *noise, const float *sigmas,
+                               const float *timesteps, const float *weighting, const float *ctx, const float *pooled,
+                               int B, int H, int W, int S, float loss_scale, float *loss, float *noisy_out,
+                               float *raw_out, float *pred_out, sd3_err *err) {
+    return train_loss_backward_prior(tr, x0, noise, sigmas, timesteps, weighting, ctx, pooled, B, 0, 0.0f, H, W, S,
+                                     loss_scale, loss, noisy_out, raw_out, pred_out, err);
 }
 
 /* Pointers to every gradient (A then B per module) and their sizes; returns the count (2 n). */

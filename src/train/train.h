@@ -77,6 +77,15 @@ sd3_status train_loss_backward(trainer *tr, const float *x0, const float *noise,
                                int B, int H, int W, int S, float loss_scale, float *loss, float *noisy_out,
                                float *raw_out, float *pred_out, sd3_err *err);
 
+/* Same with prior preservation (--with_prior_preservation): the last n_prior of the B samples are class
+ * images; loss = instance loss (mean over the first B - n_prior) + prior_weight * prior loss (mean over
+ * the last n_prior), as the script's torch.chunk(.., 2) split. n_prior 0 = train_loss_backward. */
+sd3_status train_loss_backward_prior(trainer *tr, const float *x0, const float *noise, const float *sigmas,
+                                     const float *timesteps, const float *weighting, const float *ctx,
+                                     const float *pooled, int B, int n_prior, float prior_weight, int H, int W, int S,
+                                     float loss_scale, float *loss, float *noisy_out, float *raw_out, float *pred_out,
+                                     sd3_err *err);
+
 /* clip_grad_norm_(max_norm) over every LoRA gradient (max_norm <= 0: no clipping), then one AdamW step
  * (step counts this one, from 1). Returns the total norm before clipping. */
 float train_clip_and_step(lt_set *L, double max_norm, int64_t step, const adamw_params *hp);
