@@ -226,7 +226,11 @@ static void run_pipe(const char *model, const char *config_dir, const char *ov[4
     model_store *ms;
     sd3_err err = {0};
     if ((r->s = ms_open(&ms, model, &err))) { snprintf(r->msg, sizeof r->msg, "%s", err.msg); return; }
-    if (config_dir) snprintf(ms->ov.config_dir, sizeof ms->ov.config_dir, "%.4000s", config_dir);
+    if ((r->s = comp_set_config_dir(ms, config_dir, &err))) {
+        snprintf(r->msg, sizeof r->msg, "%s", err.msg);
+        ms_close(ms);
+        return;
+    }
     if ((r->s = comp_set_overrides(ms, ov ? ov[0] : NULL, ov ? ov[1] : NULL, ov ? ov[2] : NULL, ov ? ov[3] : NULL, &err))) {
         snprintf(r->msg, sizeof r->msg, "%s", err.msg);
         ms_close(ms);
@@ -277,7 +281,8 @@ static sd3_status run_api(const sd3_model_params *mp, const char *config_dir, fl
     *lat = NULL;
     sd3_status s = sd3_load(ctx, mp);
     if (!s) {
-        if (config_dir) snprintf(ctx->ms->ov.config_dir, sizeof ctx->ms->ov.config_dir, "%.4000s", config_dir);
+        sd3_err e = {0};
+        if (config_dir && comp_set_config_dir(ctx->ms, config_dir, &e)) { snprintf(msg, n, "%s", e.msg); sd3_ctx_free(ctx); return e.status; }
         sd3_gen_params p = sd3_gen_params_default();
         p.prompt = "a photo of a cat";
         p.width = p.height = 64;
@@ -584,6 +589,12 @@ int main(void) {
     mp.vae = NULL;
     s = run_api(&mp, g_tiny, &lat, msg, sizeof msg);   /* no CLIPs anywhere */
     CHECK(s == SD3_ERR_NOT_FOUND && strstr(msg, "--clip-l") && strstr(msg, dit), "%d %s", s, msg);
+    /* a config folder that does not exist */
+    run_pipe(full, "/nonexistent-config", NULL, 0, &r);
+    CHECK(r.s == SD3_ERR_NOT_FOUND && strstr(r.msg, "--config /nonexistent-config"), "%d %s", r.s, r.msg);
+    /* no config folder: the tiny CLIP's head size cannot be inferred, and the error says what to do */
+    run_pipe(full, NULL, NULL, 0, &r);
+    CHECK(r.s == SD3_ERR_UNSUPPORTED && strstr(r.msg, "config folder") && strstr(r.msg, full), "%d %s", r.s, r.msg);
     mp.model = t_file;   /* a text encoder file as the model */
     s = run_api(&mp, g_tiny, &lat, msg, sizeof msg);
     CHECK(s != SD3_OK && strstr(msg, t_file), "%d %s", s, msg);

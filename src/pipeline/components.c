@@ -77,6 +77,22 @@ sd3_status comp_set_overrides(model_store *ms, const char *clip_l, const char *c
                         "be the model (-m); pass it as the override it is", ms->path);
     if (ms->kind == MS_SINGLE_FILE && !(ms->single_parts & MS_PART_VAE) && !ms->ov.vae[0])
         return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: this single file has no VAE (first_stage_model.*): pass --vae FILE", ms->path);
+    /* both CLIPs are needed (T5 is optional): say so now rather than after loading */
+    for (int r = 0; r < 2 && ms->kind == MS_SINGLE_FILE; r++)
+        if (!ms->ov.te[r][0] && !(ms->single_parts & SF_PART[r]))
+            return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: this single file has no %s text encoder (%s*): pass %s FILE (%s)", ms->path,
+                            te_role_name((te_role)r), SF_PREFIX[r], FLAG[r], r ? "clip_g.safetensors" : "clip_l.safetensors");
+    return SD3_OK;
+}
+
+/* Use <dir>/<component>/config.json for single files and overrides; see components.h. */
+sd3_status comp_set_config_dir(model_store *ms, const char *dir, sd3_err *err) {
+    ms->ov.config_dir[0] = 0;
+    if (!dir || !*dir) return SD3_OK;
+    if (strlen(dir) >= MS_PATH_MAX) return sd3_errf(err, SD3_ERR_INVALID_ARG, "--config %s: path too long", dir);
+    if (!is_dir(dir)) return sd3_errf(err, SD3_ERR_NOT_FOUND, "--config %s: no such folder (a diffusers-layout folder with "
+                                                              "transformer/, vae/, text_encoder*/ config.json files)", dir);
+    snprintf(ms->ov.config_dir, MS_PATH_MAX, "%s", dir);
     return SD3_OK;
 }
 

@@ -53,9 +53,15 @@ typedef struct comp_te {
 
 /* Record the overrides (any may be NULL or "") in ms->ov and check each file now: it must exist and hold
  * the expected model (the text encoder of that role, or a VAE); the error names the file, the flag and
- * what was expected. Single-file models are checked to have an MMDiT. */
+ * what was expected. A single-file model must have an MMDiT, a VAE (or --vae) and both CLIPs (in the file or
+ * as overrides). */
 sd3_status comp_set_overrides(model_store *ms, const char *clip_l, const char *clip_g, const char *t5xxl, const char *vae,
                               sd3_err *err);
+
+/* Take component configs from <dir>/<component>/config.json (transformer, vae, text_encoder, text_encoder_2,
+ * text_encoder_3) instead of inferring them from shapes, for single files and overrides; dir NULL/"" = infer.
+ * SD3_ERR_NOT_FOUND when dir is no folder. A missing config.json is an error when that component is opened. */
+sd3_status comp_set_config_dir(model_store *ms, const char *dir, sd3_err *err);
 
 /* Whether the T5 is available (folder, single file or override) with a tokenizer. */
 int comp_has_t5(const model_store *ms);

@@ -102,7 +102,8 @@ cJSON *te_clip_config_infer(const weights *w, te_role role, const char *label, s
         return NULL;
     }
     if (C % TE_CLIP_HEAD_DIM) {
-        sd3_errf(err, SD3_ERR_UNSUPPORTED, "%s: CLIP width %lld is no multiple of the head size %d (pass a config)", label,
+        sd3_errf(err, SD3_ERR_UNSUPPORTED, "%s: CLIP width %lld is no multiple of the head size %d: not a standard CLIP text encoder; give its "
+                                          "config.json through a config folder", label,
                  (long long)C, TE_CLIP_HEAD_DIM);
         return NULL;
     }
