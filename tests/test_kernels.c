@@ -60,8 +60,24 @@ static tensor mk_tensor(dtype dt, const float *vals_in, float *vals_out, int64_t
     return t;
 }
 
+/* A random fp8 tensor (E4M3 or E5M2) of moderate magnitude (|v| < 4, no inf/nan codes). */
+static tensor rand_f8_tensor(dtype dt, int64_t d0, int64_t d1) {
+    tensor t;
+    int64_t shape[2] = {d0, d1};
+    sd3_err e;
+    SD3_ASSERT(tensor_alloc(&t, dt, d1 ? 2 : 1, shape, &e) == SD3_OK);
+    uint8_t *b = t.data;
+    for (int64_t i = 0; i < d0 * (d1 ? d1 : 1); i++) {
+        int sign = frand(0, 1) < 0.5f ? 0x80 : 0;
+        if (dt == DT_F8_E4M3) b[i] = (uint8_t)(sign | ((int)frand(0, 9) << 3) | (int)frand(0, 8));
+        else b[i] = (uint8_t)(sign | ((int)frand(0, 17) << 2) | (int)frand(0, 4));
+    }
+    return t;
+}
+
 /* A random tensor of dtype dt with uniform values in [lo, hi). */
 static tensor rand_tensor(dtype dt, int64_t d0, int64_t d1, float lo, float hi) {
+    if (dt == DT_F8_E4M3 || dt == DT_F8_E5M2) return rand_f8_tensor(dt, d0, d1);
     int64_t n = d0 * (d1 ? d1 : 1);
     float *v = frandv((size_t)n, lo, hi);
     tensor t = mk_tensor(dt, v, NULL, d0, d1);
@@ -290,6 +306,12 @@ static void test_linear(int bf16) {
                 if ((s + d + bias) % 2 && shapes[s][0] * shapes[s][1] * shapes[s][2] > 2000000) continue; /* keep it quick */
                 test_linear_case(shapes[s][0], shapes[s][1], shapes[s][2], dts[d], bias, bf16);
             }
+    /* fp8 weights (T5-XXL fp8 checkpoints), widened through a table */
+    test_linear_case(3, 70, 33, DT_F8_E4M3, 0, bf16);
+    test_linear_case(37, 100, 1537, DT_F8_E4M3, 0, bf16);
+    test_linear_case(2, 300, 1000, DT_F8_E4M3, 0, bf16);
+    test_linear_case(130, 65, 257, DT_F8_E5M2, 0, bf16);
+    test_linear_case(1, 40, 70, DT_F8_E5M2, 0, bf16);
 }
 
 static void test_matmul_case(int batch, int M, int N, int K, int transB, int bf16) {

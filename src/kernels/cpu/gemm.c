@@ -8,6 +8,7 @@
  * Tasks are (column block, row block) pairs spread over the pool; blocks shrink until there are at least
  * two tasks per thread, so even a short M keeps both cores busy. */
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 #include "kernels/cpu/kcpu.h"
 
@@ -26,12 +27,35 @@ static void gemm_tune(void) {
 
 /* ---- packers ---------------------------------------------------------------------------------- */
 
-/* Widen n elements of t from off to F32, portable. */
+static float g_f8_lut[2][256];
+static pthread_once_t g_f8_once = PTHREAD_ONCE_INIT;
+
+static void f8_lut_init(void) {
+    for (int i = 0; i < 256; i++) {
+        g_f8_lut[0][i] = fp8e4m3_to_f32((uint8_t)i);
+        g_f8_lut[1][i] = fp8e5m2_to_f32((uint8_t)i);
+    }
+}
+
+const float *kc_f8_lut(dtype dt) {
+    if (dt != DT_F8_E4M3 && dt != DT_F8_E5M2) return NULL;
+    pthread_once(&g_f8_once, f8_lut_init);
+    return g_f8_lut[dt == DT_F8_E4M3 ? 0 : 1];
+}
+
+/* Widen n elements of t from off to F32, portable (fp8 through a 256-entry table). */
 static void cvt_row_portable(const tensor *t, int64_t off, int n, float *dst) {
     switch (t->dt) {
     case DT_F32: memcpy(dst, (const float *)t->data + off, sizeof(float) * (size_t)n); break;
     case DT_F16: fp16_to_f32_row((const uint16_t *)t->data + off, dst, (size_t)n); break;
     case DT_BF16: bf16_to_f32_row((const uint16_t *)t->data + off, dst, (size_t)n); break;
+    case DT_F8_E4M3:
+    case DT_F8_E5M2: {
+        const float *lut = kc_f8_lut(t->dt);
+        const uint8_t *src = (const uint8_t *)t->data + off;
+        for (int i = 0; i < n; i++) dst[i] = lut[src[i]];
+        break;
+    }
     default: tensor_to_f32(t, off, n, dst); break;
     }
 }

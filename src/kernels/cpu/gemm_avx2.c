@@ -55,6 +55,10 @@ static void cvt_row_avx2(const tensor *t, int64_t off, int n, float *dst) {
             _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
         }
         for (; i < n; i++) dst[i] = bf16_to_f32(s[i]);
+    } else if (kc_f8_lut(t->dt)) {
+        const float *lut = kc_f8_lut(t->dt);
+        const uint8_t *s8 = (const uint8_t *)t->data + off;
+        for (; i < n; i++) dst[i] = lut[s8[i]];
     } else {
         tensor_to_f32(t, off, n, dst);
     }

@@ -138,15 +138,21 @@ static void cvt_row_avx512(const tensor *t, int64_t off, int n, float *dst) {
             __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, s + i));
             _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
         }
+    } else if (kc_f8_lut(t->dt)) {
+        const float *lut = kc_f8_lut(t->dt);
+        const uint8_t *s8 = (const uint8_t *)t->data + off;
+        for (; i < n; i++) dst[i] = lut[s8[i]];
     } else {
         tensor_to_f32(t, off, n, dst);
     }
 }
 
 /* 16 values of a row of a kc_rows matrix at element off (masked), widened to F32. */
-static inline __m512 load_row16(const kc_rows *c, int64_t off, __mmask16 m) {
+static inline __m512 load_row16(const kc_rows *c, int64_t off, __mmask16 m, const float *lut) {
     if (c->f32) return _mm512_maskz_loadu_ps(m, c->f32 + off);
     if (c->t->dt == DT_F32) return _mm512_maskz_loadu_ps(m, (const float *)c->t->data + off);
+    if (lut) /* fp8: bytes -> table indices (masked lanes read entry 0, which is +0) */
+        return _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, (const uint8_t *)c->t->data + off)), lut, 4);
     __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)c->t->data + off);
     if (c->t->dt == DT_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -156,7 +162,8 @@ static inline __m512 load_row16(const kc_rows *c, int64_t off, __mmask16 m) {
  * vectors (masked to R columns when R is no multiple of 16). Returns 0 when it cannot handle the case. */
 static int pack_rows_avx512(const void *vctx, int idx0, int cnt, int k0, int kc, int R, float *dst) {
     const kc_rows *c = vctx;
-    if (!c->f32 && c->t->dt != DT_F32 && c->t->dt != DT_F16 && c->t->dt != DT_BF16) return 0;
+    const float *lut = c->f32 ? NULL : kc_f8_lut(c->t->dt);
+    if (!c->f32 && !lut && c->t->dt != DT_F32 && c->t->dt != DT_F16 && c->t->dt != DT_BF16) return 0;
     for (int g = 0; g < R; g += 16) {
         int rows = cnt - g < 16 ? (cnt - g > 0 ? cnt - g : 0) : 16, width = R - g < 16 ? R - g : 16;
         __mmask16 wm = width == 16 ? (__mmask16)0xffff : (__mmask16)((1u << width) - 1);
@@ -166,7 +173,7 @@ static int pack_rows_avx512(const void *vctx, int idx0, int cnt, int k0, int kc,
             __m512 r[16];
 #pragma GCC unroll 16
             for (int i = 0; i < 16; i++)
-                r[i] = i < rows ? load_row16(c, (int64_t)(idx0 + g + i) * c->ld + k0 + k, m) : _mm512_setzero_ps();
+                r[i] = i < rows ? load_row16(c, (int64_t)(idx0 + g + i) * c->ld + k0 + k, m, lut) : _mm512_setzero_ps();
             transpose16(r);
             if (width == 16 && R % 16 == 0)
                 for (int t = 0; t < kl; t++) _mm512_store_ps(dst + (int64_t)(k + t) * R + g, r[t]);

@@ -72,6 +72,9 @@ void kc_pack_rows(const void *ctx, const kc_isa *isa, int idx0, int cnt, int k0,
 typedef struct kc_cols { const float *p; int64_t ld; } kc_cols;
 void kc_pack_cols(const void *ctx, const kc_isa *isa, int idx0, int cnt, int k0, int kc, int R, float *dst);
 
+/* Lookup table fp8 byte -> F32 for DT_F8_E4M3 / DT_F8_E5M2 (NULL for other dtypes); built once. */
+const float *kc_f8_lut(dtype dt);
+
 /* Front ends used by dispatch.c. */
 void kc_linear(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);
 void kc_matmul(const kc_isa *isa, int bf16, float *C, const float *A, const float *B, int batch, int M, int N, int K, int transB);
