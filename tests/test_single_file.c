@@ -529,6 +529,15 @@ int main(void) {
     compare("sd3_tiny + --clip-l --clip-g --t5xxl (fp8)", &r, &r_ref8, 1e-5);
     pipe_out_free(&r.o);
 
+    /* 3b. a single file with the CLIPs but no T5 (sd3_medium_incl_clips) + --t5xxl fp8 */
+    char clips[600];
+    snprintf(clips, sizeof clips, "%s/sd3_tiny_incl_clips.safetensors", g_tmp);
+    CHECK(write_single(clips, 1, 1, 0), "writing %s", clips);
+    const char *ovt[4] = {NULL, NULL, t8_file, NULL};
+    run_pipe(clips, g_tiny, ovt, 0, &r);
+    compare("incl_clips single file + --t5xxl (fp8)", &r, &r_ref8, 1e-5);
+    pipe_out_free(&r.o);
+
     /* 4. no T5 anywhere (sd3_medium.safetensors without --t5xxl) = the folder run with no_t5 */
     run_pipe(ref, NULL, NULL, 1, &r_ref_not5);
     ov[2] = NULL;
@@ -589,6 +598,33 @@ int main(void) {
     mp.vae = NULL;
     s = run_api(&mp, g_tiny, &lat, msg, sizeof msg);   /* no CLIPs anywhere */
     CHECK(s == SD3_ERR_NOT_FOUND && strstr(msg, "--clip-l") && strstr(msg, dit), "%d %s", s, msg);
+    /* a "scaled fp8" T5 (per-tensor scale_weight keys) is refused with a clear message */
+    {
+        char sc[600];
+        snprintf(sc, sizeof sc, "%s/t5xxl_fp8_e4m3fn_scaled.safetensors", g_tmp);
+        st_file *f3;
+        char p3[PATH_MAX + 64];
+        snprintf(p3, sizeof p3, "%s/text_encoder_3/model.safetensors", g_tiny);
+        f3 = open_or_die(p3);
+        st_writer *w3 = st_writer_new();
+        void *bufs[256];
+        int nb = 0;
+        float one = 1.0f;
+        int64_t sh1[1] = {1};
+        sd3_err e3 = {0};
+        int ok3 = add_all(w3, f3, "", 1, 0, bufs, &nb, NULL) &&
+                  !st_writer_add(w3, "encoder.block.0.layer.0.SelfAttention.q.scale_weight", DT_F32, 1, sh1, &one, &e3) &&
+                  !st_writer_write(w3, sc, &e3);
+        CHECK(ok3, "%s", e3.msg);
+        st_writer_free(w3);
+        st_close(f3);
+        for (int i = 0; i < nb; i++) free(bufs[i]);
+        mp.model = full;
+        mp.t5xxl = sc;
+        s = run_api(&mp, g_tiny, &lat, msg, sizeof msg);
+        CHECK(s == SD3_ERR_UNSUPPORTED && strstr(msg, "scaled fp8") && strstr(msg, sc), "%d %s", s, msg);
+        mp.t5xxl = NULL;
+    }
     /* a config folder that does not exist */
     run_pipe(full, "/nonexistent-config", NULL, 0, &r);
     CHECK(r.s == SD3_ERR_NOT_FOUND && strstr(r.msg, "--config /nonexistent-config"), "%d %s", r.s, r.msg);
