@@ -25,6 +25,7 @@
 #include "core/rng.h"
 #include "io/image.h"
 #include "io/model_store.h"
+#include "kernels/kernels.h"
 #include "pipeline/components.h"
 #include "pipeline/encode_prompt.h"
 #include "pipeline/generate.h"
@@ -70,6 +71,7 @@ static void train_usage(FILE *f) {
             "  --max-sequence-length N       T5 tokens, default 77\n"
             "  --cache-latents               accepted: latents are always cached (posterior sampled each step)\n"
             "  --gradient-checkpointing / --no-gradient-checkpointing   default on\n"
+            "  --mixed-precision no|bf16     bf16: the matrix products in bf16 (F32 accumulation; kernels.h)\n"
             "  --threads N\n");
 }
 
@@ -371,7 +373,13 @@ int sd3_cmd_train_lora(int argc, char **argv) {
         else if (!strcmp(a, "--class-prompt")) class_prompt = val, i++;
         else if (!strcmp(a, "--prior-loss-weight")) { if (!(bad = NUM(0, 1e6))) o.prior_loss_weight = v; }
         else if (!strcmp(a, "--num-class-images")) { if (!(bad = NUM(0, 1e6))) n_class_images = (int)v; }
-        else if (!strcmp(a, "--train-text-encoder")) {
+        else if (!strcmp(a, "--mixed-precision")) {
+            if (!val || (strcmp(val, "no") && strcmp(val, "bf16"))) {
+                fprintf(stderr, "train-lora: --mixed-precision: '%s' is not no or bf16\n", val ? val : "");
+                return 2;
+            }
+            k_set_precision(!strcmp(val, "bf16")), i++;
+        } else if (!strcmp(a, "--train-text-encoder")) {
             fprintf(stderr, "train-lora: %s is not supported yet (text-encoder LoRA)\n", a);
             return 2;
         } else {
@@ -476,7 +484,10 @@ int sd3_cmd_train_lora(int argc, char **argv) {
             inst.n, prior ? " + class images" : "", h, h, o.max_train_steps, o.train_batch_size,
             o.gradient_accumulation_steps, o.rank, density_scheme_name(o.weighting));
     if (train_run(&mm, &o, &d, &err) != SD3_OK) { fprintf(stderr, "train-lora: %s\n", err.msg); goto out; }
-    fprintf(stderr, "train-lora: wrote %s/pytorch_lora_weights.safetensors\n", o.output_dir);
+    if (o.stop_after_steps > 0 && o.stop_after_steps < o.max_train_steps)
+        fprintf(stderr, "train-lora: stopped after step %d (resume with --resume-from-checkpoint latest)\n",
+                o.stop_after_steps);
+    else fprintf(stderr, "train-lora: wrote %s/pytorch_lora_weights.safetensors\n", o.output_dir);
     rc = 0;
 out:
     if (vae_open) vae_free(&vae);

@@ -303,6 +303,14 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
             o->validation(o->user, ls.step, &L))
             LOG_WARN("train: validation at step %lld failed", (long long)ls.step);
     }
+    if (ls.step < o->max_train_steps) {
+        /* stopped early (stop_after_steps): leave a checkpoint to resume from, not final weights */
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/checkpoint-%lld", o->output_dir, (long long)ls.step);
+        struct stat sb;
+        if (stat(dir, &sb) != 0) s = save_checkpoint(o->output_dir, &L, &ls, nlen, err);
+        goto done;
+    }
     char path[4400];
     snprintf(path, sizeof path, "%s/pytorch_lora_weights.safetensors", o->output_dir);
     s = lt_save(&L, path, err);

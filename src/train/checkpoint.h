@@ -44,7 +44,8 @@ typedef struct train_opts {
     int train_batch_size;           /* --train_batch_size 4 */
     int gradient_accumulation_steps;/* 1 */
     int max_train_steps;            /* optimizer steps (also the LR schedule's length) */
-    int stop_after_steps;           /* stop (as if interrupted) once this many steps are done; 0 = never */
+    int stop_after_steps;           /* stop (as if interrupted) once this many steps are done, leaving a
+                                       checkpoint there and no final weights; 0 = never */
     int checkpointing_steps;        /* 500; 0 = none */
     int checkpoints_total_limit;    /* 0 = keep all */
     double learning_rate;           /* 1e-4 */

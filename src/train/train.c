@@ -282,12 +282,11 @@ static void zero(float *p, int64_t n) { memset(p, 0, sizeof(float) * (size_t)n);
  * g holds d stream_out on entry and d s1 on return. rows per batch item R, modulation rows mod (stride
  * ms floats per item, chunks shift/scale/gate at 3C/4C/5C). */
 static sd3_status ff_backward(trainer *tr, float *g, const float *s1, const float *xm, const float *pre,
-                              const float *gel, const float *ffo, const float *mod, int ms, int R,
-                              const mmdit_linear *l0, const mmdit_linear *l2, int need_dx, sd3_err *err) {
+                              const float *gel, const float *mod, int ms, int R, const mmdit_linear *l0,
+                              const mmdit_linear *l2, int need_dx, sd3_err *err) {
     const int B = tr->B, C = tr->C, F = tr->F;
     const int64_t n = (int64_t)B * R;
     float *dff = tr->dA1, *dh = tr->dT1, *dpre = tr->dT2, *dxm = tr->dA2, *dln = tr->dA3;
-    (void)ffo;
     zero(dff, n * C);
     for (int b = 0; b < B; b++)
         gated_add_backward(dff + (int64_t)b * R * C, NULL, g + (int64_t)b * R * C, NULL, mod + (int64_t)b * ms + 5 * C,
@@ -317,10 +316,10 @@ static sd3_status block_backward(trainer *tr, int i, const train_block_acts *a, 
     float *gx = tr->gx, *gc = tr->gc;
 
     /* FeedForwards: g of stream out -> g of the stream after the attention residual. */
-    TRY(ff_backward(tr, gx, a->x1, a->xm, a->xpre, a->xg, a->xff, a->modx, nx * C, Tx, &bl->ff_net_0_proj,
+    TRY(ff_backward(tr, gx, a->x1, a->xm, a->xpre, a->xg, a->modx, nx * C, Tx, &bl->ff_net_0_proj,
                     &bl->ff_net_2, 1, err));
     if (!bl->context_pre_only)
-        TRY(ff_backward(tr, gc, a->c1, a->cm, a->cpre, a->cg, a->cff, a->modc, nc * C, Tc, &bl->ff_context_net_0_proj,
+        TRY(ff_backward(tr, gc, a->c1, a->cm, a->cpre, a->cg, a->modc, nc * C, Tc, &bl->ff_context_net_0_proj,
                         &bl->ff_context_net_2, 1, err));
 
     /* MMDiT-X attn2 branch: d xn2 into dA4 (its LayerNorm input is x_in, shared with attn). */
