@@ -71,6 +71,8 @@ const char *sd3_last_error(const sd3_ctx *ctx);
 typedef struct sd3_model_params {
     const char *model;
     const char *clip_l, *clip_g, *t5xxl, *vae;
+    const char *config;    /* a diffusers folder whose <component>/config.json files describe a single-file
+                              checkpoint (like from_single_file(config=)); NULL = infer from tensor shapes */
     int no_t5;             /* run without T5 (zeros in its place), like text_encoder_3=None */
     int keep_loaded;       /* reserved: keeping components resident between calls is not implemented yet
                               (every call loads, uses and releases each component in turn) */

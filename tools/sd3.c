@@ -22,6 +22,7 @@
 #include "io/model_store.h"
 #include "io/safetensors.h"
 #include "lora/lora.h"
+#include "pipeline/components.h"
 #include "pipeline/encode_prompt.h"
 #include "text/clip_tok.h"
 #include "text/t5_tok.h"
@@ -50,6 +51,7 @@ static void usage_generate(FILE *f) {
             "  -m, --model PATH|REPO     diffusers folder, single-file .safetensors, or Hub repo id in the HF cache\n"
             "                            (default: stabilityai/stable-diffusion-3-medium-diffusers)\n"
             "      --clip-l/--clip-g/--t5xxl/--vae FILE   component overrides for single-file checkpoints\n"
+            "      --config DIR          diffusers folder whose config.json files describe a single file\n"
             "  -p, --prompt TEXT         the prompt (or -f/--prompt-file FILE)\n"
             "      --prompt-2/--prompt-3 TEXT             prompts for CLIP-G / T5 (default: the prompt)\n"
             "  -n, --negative-prompt TEXT  (also --negative-prompt-2/--negative-prompt-3)\n"
@@ -226,6 +228,7 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--clip-g")) mp.clip_g = NEXT();
         else if (!strcmp(a, "--t5xxl")) mp.t5xxl = NEXT();
         else if (!strcmp(a, "--vae")) mp.vae = NEXT();
+        else if (!strcmp(a, "--config")) mp.config = NEXT();
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) gp.prompt = NEXT();
         else if (!strcmp(a, "-f") || !strcmp(a, "--prompt-file")) gp.prompt = read_prompt_file(NEXT());
         else if (!strcmp(a, "--prompt-2")) gp.prompt_2 = NEXT();
@@ -365,12 +368,16 @@ static int cmd_generate(int argc, char **argv) {
     return 0;
 }
 
-/* Resolve -m for the text subcommands (folder or HF cache repo id). */
-static model_store *open_model_or_die(const char *model) {
+/* Resolve -m for the text subcommands (folder, single file or HF cache repo id) with the component
+ * overrides and config folder. */
+static model_store *open_model_or_die(const char *model, const char *clip_l, const char *clip_g, const char *t5xxl,
+                                      const char *config) {
     model_store *ms = NULL;
     sd3_err err = {0};
     if (ms_open(&ms, model, &err) != SD3_OK) die(1, "%s", err.msg);
-    if (ms->kind != MS_PIPELINE_DIR) die(1, "%s: tokenize/encode need a diffusers pipeline folder", model);
+    if (comp_set_overrides(ms, clip_l, clip_g, t5xxl, NULL, &err) != SD3_OK ||
+        (config && comp_set_config_dir(ms, config, &err) != SD3_OK))
+        die(1, "%s", err.msg);
     return ms;
 }
 
@@ -396,10 +403,11 @@ static int cmd_tokenize(int argc, char **argv) {
     const char *folder = !strcmp(which, "clip_l") ? "tokenizer" : !strcmp(which, "clip_g") ? "tokenizer_2"
                        : !strcmp(which, "t5") ? "tokenizer_3" : NULL;
     if (!folder) die(2, "--tokenizer: '%s' is not one of clip_l, clip_g, t5", which);
-    model_store *ms = open_model_or_die(model);
-    const char *dir = ms_component_dir(ms, folder);
-    if (!dir) die(1, "%s: the pipeline has no %s", model, folder);
+    model_store *ms = open_model_or_die(model, NULL, NULL, NULL, NULL);
     sd3_err err = {0};
+    char dir[4096];
+    te_role role = !strcmp(which, "clip_l") ? TE_ROLE_CLIP_L : !strcmp(which, "clip_g") ? TE_ROLE_CLIP_G : TE_ROLE_T5;
+    if (comp_tokenizer_dir(ms, role, dir, sizeof dir, &err) != SD3_OK) die(1, "%s", err.msg);
     int64_t *ids = NULL;
     size_t n = 0;
     if (!strcmp(folder, "tokenizer_3")) {
@@ -438,6 +446,7 @@ static int cmd_tokenize(int argc, char **argv) {
  * prompt_embeds / pooled_prompt_embeds (+ negative_*), for users who cache prompt embeddings. */
 static int cmd_encode(int argc, char **argv) {
     const char *model = "stabilityai/stable-diffusion-3-medium-diffusers", *out = NULL;
+    const char *clip_l = NULL, *clip_g = NULL, *t5xxl = NULL, *config = NULL;
     const char *p1 = NULL, *p2 = NULL, *p3 = NULL, *n1 = NULL, *n2 = NULL, *n3 = NULL;
     encode_req r;
     memset(&r, 0, sizeof r);
@@ -460,10 +469,15 @@ static int cmd_encode(int argc, char **argv) {
         else if (!strcmp(a, "--max-sequence-length")) r.max_sequence_length = (int)parse_long(a, ARG(), 1, 512);
         else if (!strcmp(a, "--no-t5")) r.no_t5 = 1;
         else if (!strcmp(a, "--no-negative")) r.cfg = 0;
+        else if (!strcmp(a, "--clip-l")) clip_l = ARG();
+        else if (!strcmp(a, "--clip-g")) clip_g = ARG();
+        else if (!strcmp(a, "--t5xxl")) t5xxl = ARG();
+        else if (!strcmp(a, "--config")) config = ARG();
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = ARG();
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             printf("usage: sd3 encode [-m MODEL] -p PROMPT [--prompt-2 T] [--prompt-3 T] [-n NEG] [--negative-prompt-2/3 T]\n"
-                   "                  [--clip-skip N] [--max-sequence-length N] [--no-t5] [--no-negative] -o cond.safetensors\n");
+                   "                  [--clip-skip N] [--max-sequence-length N] [--no-t5] [--no-negative]\n"
+                   "                  [--clip-l F --clip-g F --t5xxl F --config DIR] -o cond.safetensors\n");
             return 0;
         } else die(2, "encode: unknown option '%s'", a);
 #undef ARG
@@ -478,7 +492,7 @@ static int cmd_encode(int argc, char **argv) {
     r.negative = b1;
     r.negative_2 = b2;
     r.negative_3 = b3;
-    model_store *ms = open_model_or_die(model);
+    model_store *ms = open_model_or_die(model, clip_l, clip_g, t5xxl, config);
     sd3_err err = {0};
     encode_out o;
     if (encode_prompt(ms, &r, &o, &err) != SD3_OK) die(1, "%s", err.msg);

@@ -30,7 +30,8 @@ sd3_status sd3_load(sd3_ctx *ctx, const sd3_model_params *mp) {
         return s;
     }
     /* --clip-l/--clip-g/--t5xxl/--vae, checked now (components.h) */
-    if ((s = comp_set_overrides(ctx->ms, mp->clip_l, mp->clip_g, mp->t5xxl, mp->vae, &ctx->err))) {
+    if ((s = comp_set_overrides(ctx->ms, mp->clip_l, mp->clip_g, mp->t5xxl, mp->vae, &ctx->err)) ||
+        (mp->config && (s = comp_set_config_dir(ctx->ms, mp->config, &ctx->err)))) {
         pipeline_unload(ctx);
         return s;
     }
