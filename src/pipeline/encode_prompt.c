@@ -3,6 +3,8 @@
 #include "io/json_util.h"
 #include "pipeline/components.h"
 #include "pipeline/encode_prompt.h"
+#include "lora/lora.h"
+#include "lora/lora_clip.h"
 #include "text/clip.h"
 #include "text/clip_tok.h"
 #include "text/t5.h"
@@ -47,8 +49,9 @@ static void texts_for(const encode_req *r, int e, texts *out) {
 /* Load one CLIP (tokenizer folder tok_name, model folder enc_name), tokenize rows, and write for each
  * row the chosen hidden state [77, C] into hid (row stride 77*C) and text_embeds [P] into pooled.
  * Positive rows (the first n_pos) use hidden index hi_pos; negatives use -2. */
-static sd3_status run_clip(const model_store *ms, const char *tok_name, const char *enc_name, const texts *tx, int n_pos,
-                           int hi_pos, float **hid_out, float **pooled_out, int *C_out, int *P_out, sd3_err *err) {
+static sd3_status run_clip(const model_store *ms, const encode_req *r, const char *tok_name, const char *enc_name,
+                           const texts *tx, int n_pos, int hi_pos, float **hid_out, float **pooled_out, int *C_out,
+                           int *P_out, sd3_err *err) {
     char dir[MS_PATH_MAX];
     sd3_status s;
     clip_tok tok;
@@ -59,6 +62,7 @@ static sd3_status run_clip(const model_store *ms, const char *tok_name, const ch
     memset(&te, 0, sizeof te);
     int64_t *ids = NULL;
     float *hid = NULL, *pooled = NULL, *tmp = NULL;
+    lora_clip_state *lst = NULL;
 
     /* folder, single file or override (components.h) */
     if ((s = comp_tokenizer_dir(ms, comp_role_of(enc_name), dir, sizeof dir, err))) goto done;
@@ -74,6 +78,16 @@ static sd3_status run_clip(const model_store *ms, const char *tok_name, const ch
     }
     if ((s = comp_te_open(ms, comp_role_of(enc_name), &te, err))) goto done;
     if ((s = clip_load(&m, &te.w, te.config, enc_name, err))) goto done;
+    /* text-encoder LoRA modules, fused while this encoder runs (diffusers applies the same scale) */
+    for (int k = 0; k < r->n_loras; k++) {
+        lora_file *lf = NULL;
+        if ((s = lora_open(&lf, r->loras[k], err))) goto done;
+        lora_target which = comp_role_of(enc_name) == TE_ROLE_CLIP_L ? LORA_TARGET_CLIP_L : LORA_TARGET_CLIP_G;
+        if (lora_count(lf, which) > 0)
+            s = lora_clip_fuse(&m, which, lf, r->lora_scales ? r->lora_scales[k] : 1.0f, r->lora_lenient, &lst, err);
+        lora_close(lf);
+        if (s) goto done;
+    }
     int C = m.cfg.hidden_size, P = m.cfg.projection_dim;
     hid = sd3_malloc(sizeof(float) * (size_t)tx->n * CLIP_T * C);
     pooled = sd3_malloc(sizeof(float) * (size_t)tx->n * P);
@@ -94,6 +108,7 @@ done:
     sd3_free(hid);
     sd3_free(pooled);
     free(ids);
+    lora_clip_unfuse(&m, &lst);
     clip_free(&m);
     comp_te_close(&te);
     clip_tok_free(&tok);
@@ -166,9 +181,9 @@ sd3_status encode_prompt(const model_store *ms, const encode_req *r, encode_out 
     texts tx;
 
     texts_for(r, 0, &tx);
-    if ((s = run_clip(ms, "tokenizer", "text_encoder", &tx, n, -(r->clip_skip + 2), &hl, &pl, &Cl, &Pl, err))) goto done;
+    if ((s = run_clip(ms, r, "tokenizer", "text_encoder", &tx, n, -(r->clip_skip + 2), &hl, &pl, &Cl, &Pl, err))) goto done;
     texts_for(r, 1, &tx);
-    if ((s = run_clip(ms, "tokenizer_2", "text_encoder_2", &tx, n, -(r->clip_skip + 2), &hg, &pg, &Cg, &Pg, err))) goto done;
+    if ((s = run_clip(ms, r, "tokenizer_2", "text_encoder_2", &tx, n, -(r->clip_skip + 2), &hg, &pg, &Cg, &Pg, err))) goto done;
     int T5T = use_t5 ? r->max_sequence_length : CLIP_T;
     if (use_t5) {
         texts_for(r, 2, &tx);

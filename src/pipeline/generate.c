@@ -99,6 +99,10 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
     int cfg = r->cfg_scale > 1.0f;
     encode_req tr = r->text;
     tr.cfg = cfg;
+    tr.loras = r->loras;
+    tr.lora_scales = r->lora_scales;
+    tr.n_loras = r->n_loras;
+    tr.lora_lenient = r->lora_lenient;
     encode_out eo;
     memset(&eo, 0, sizeof eo);
     flow_sched sch;
