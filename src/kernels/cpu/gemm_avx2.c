@@ -1,5 +1,5 @@
 /* gemm_avx2.c — AVX2+FMA GEMM microkernel (6 x 16, 12 ymm accumulators), F16C row widening and the
- * small-M linear, for x86-64 CPUs without AVX-512 (attention and activations use the portable code). */
+ * small-M linear, for x86-64 CPUs without AVX-512 (attention and activations: attn_avx2.c). */
 #include <string.h>
 #include "kernels/cpu/kcpu.h"
 
@@ -89,9 +89,13 @@ static void gemv_avx2(float *y, const float *x, const tensor *W, const float *bi
     }
 }
 
+void kc_attn_tile_avx2(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h, int i0,
+                       int i1, float *scratch);
+void kc_act_avx2(int kind, float *y, const float *x, size_t n);
+
 static const kc_isa g_avx2 = {
     .name = "avx2", .MR = A2_MR, .NR = A2_NR, .ukr = ukr_avx2, .ukr_bf16 = NULL, .cvt_row = cvt_row_avx2,
-    .gemv = gemv_avx2, .attn_tile = NULL, .act = NULL,
+    .gemv = gemv_avx2, .attn_tile = kc_attn_tile_avx2, .act = kc_act_avx2,
 };
 const kc_isa *kc_isa_avx2(void) { return &g_avx2; }
 
