@@ -196,11 +196,14 @@ int golden_dreambooth_lora_sd3_train_step(golden_case *gc) {
                 int64_t k = 0;
                 float *gt = golden_f32(gc, key, &k);
                 const float *go = ab ? md->dB : md->dA;
+                double t_sgd = 0;
                 for (int64_t e = 0; gt && e < k; e++) {
                     sgd += (double)gt[e] * ((double)go[e] - gt[e]);
+                    t_sgd += (double)gt[e] * ((double)go[e] - gt[e]);
                     sgg += (double)gt[e] * gt[e];
                     soo += (double)go[e] * go[e];
                 }
+                if (getenv("TRAIN_DEBUG")[0] == '2') printf("debug:   %-60s %+.3e\n", key, t_sgd);
                 sd3_free(gt);
             }
         }
