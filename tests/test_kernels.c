@@ -403,7 +403,7 @@ static void test_attention(void) {
 /* Softmax: each output is e_i / Σe with e_i within a few ulp and a sum of n positive terms (relative error
  * ≤ n·u, typically sqrt(n)·u): allow (16 + 4·sqrt(n))·u relative per element. */
 static void test_softmax(void) {
-    static const int shapes[][2] = {{1, 1}, {5, 17}, {3, 1000}, {1, 4099}, {64, 333}};
+    static const int shapes[][2] = {{1, 1}, {5, 17}, {3, 1000}, {1, 4099}, {64, 333}, {100, 400}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int rows = shapes[s][0], n = shapes[s][1];
         size_t tot = (size_t)rows * n;
@@ -572,13 +572,16 @@ static void test_conv(int bf16) {
 }
 
 static void test_upsample(void) {
-    int N = 2, C = 3, H = 5, W = 7;
-    size_t n = (size_t)N * C * H * W;
-    float *x = frandv(n, -1, 1), *y = fzeros(4 * n), *yr = fzeros(4 * n);
-    k_upsample_nearest2x_ref(yr, x, N, C, H, W);
-    k_upsample_nearest2x(y, x, N, C, H, W);
-    CHECK(!memcmp(y, yr, sizeof(float) * 4 * n), "upsample_nearest2x differs from ref");
-    sd3_free(x); sd3_free(y); sd3_free(yr);
+    static const int shapes[][4] = {{2, 3, 5, 7}, {1, 64, 32, 33}, {1, 1, 1, 1}};  /* the second is split over threads */
+    for (int s = 0; s < 3; s++) {
+        int N = shapes[s][0], C = shapes[s][1], H = shapes[s][2], W = shapes[s][3];
+        size_t n = (size_t)N * C * H * W;
+        float *x = frandv(n, -1, 1), *y = fzeros(4 * n), *yr = fzeros(4 * n);
+        k_upsample_nearest2x_ref(yr, x, N, C, H, W);
+        k_upsample_nearest2x(y, x, N, C, H, W);
+        CHECK(!memcmp(y, yr, sizeof(float) * 4 * n), "upsample_nearest2x %dx%dx%dx%d differs from ref", N, C, H, W);
+        sd3_free(x); sd3_free(y); sd3_free(yr);
+    }
 }
 
 /* ================================================================================================ */
