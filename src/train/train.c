@@ -532,7 +532,8 @@ sd3_status trainer_backward(trainer *tr, const float *d_out, sd3_err *err) {
     layernorm_backward(tr->gx, dln, tr->xin[tr->L], B * Tx, C, MMDIT_EPS);
     for (int i = tr->L - 1; i >= lowest; i--) {
         train_block_acts *a = &tr->acts[tr->checkpointing ? 0 : i];
-        if (tr->checkpointing) TRY(block_forward(tr, i, a, err));
+        /* the slot still holds the last block's activations from the forward pass: no recompute there */
+        if (tr->checkpointing && i != tr->L - 1) TRY(block_forward(tr, i, a, err));
         TRY(block_backward(tr, i, a, i > lowest, err));
     }
     return SD3_OK;
