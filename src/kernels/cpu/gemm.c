@@ -191,7 +191,7 @@ static void gemm_task(void *arg, int task, int thread) {
     uint32_t *Bh = (uint32_t *)(Ap + (size_t)MR * j->KCb);
     const uint32_t *Ah = NULL;
     int bf16 = g->bf16 && isa->ukr_bf16;
-    int direct = !bf16 && isa->ukr_direct && g->pack_a == kc_pack_rows && ((const kc_rows *)g->actx)->f32 && !g->bias_m;
+    int direct = !bf16 && isa->ukr_direct && g->pack_a == kc_pack_rows && ((const kc_rows *)g->actx)->f32;
 
     if (g->K == 0) { /* no products: C = bias */
         for (int m = m0; m < m1; m++)
@@ -216,7 +216,7 @@ static void gemm_task(void *arg, int task, int thread) {
                 for (int s = 0; s < nsl; s++) {
                     int ns = n0 + s * NR, nr = n1 - ns < NR ? n1 - ns : NR;
                     isa->ukr_direct(kc, A, ar->ld, Bp + (size_t)s * NR * kc, g->C + (int64_t)m * g->ldc + ns, g->ldc, nr, k0 > 0,
-                                    g->bias_n ? g->bias_n + ns : NULL);
+                                    g->bias_n ? g->bias_n + ns : NULL, g->bias_m ? g->bias_m + m : NULL);
                 }
                 continue;
             }
@@ -369,7 +369,7 @@ void kc_conv2d(const kc_isa *isa, int bf16, float *y, const float *x, const tens
     if (Ho <= 0 || Wo <= 0 || p->Cout <= 0) return;
     int K = p->Cin * p->kh * p->kw;
     float *bias = bias_f32(isa, b, p->Cout);
-    kc_rows a = {.t = w, .f32 = NULL, .ld = K};
+    kc_rows a = {.t = w, .f32 = w->dt == DT_F32 ? (const float *)w->data : NULL, .ld = K};  /* F32 weights: read in place */
     int plain = p->kh == 1 && p->kw == 1 && p->stride == 1 && !p->pad_t && !p->pad_b && !p->pad_l && !p->pad_r;
     for (int n = 0; n < p->N; n++) {
         const float *xn = x + (int64_t)n * p->Cin * p->H * p->W;

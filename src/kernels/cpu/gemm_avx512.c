@@ -71,7 +71,7 @@ static void ukr_f32(int kc, const float *Ap, const float *Bp, float *C, int64_t 
  * packing of the activations. Rows are addressed as 4 advancing pointers (rows 0, 3, 6, 9) plus offsets
  * lda and 2·lda, so the loop needs few registers. */
 static void ukr_f32_direct(int kc, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc, int nr, int accum,
-                           const float *bias_n) {
+                           const float *bias_n, const float *bias_m) {
     __m512 c0[X_MR], c1[X_MR];
 #pragma GCC unroll 12
     for (int i = 0; i < X_MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
@@ -92,7 +92,7 @@ static void ukr_f32_direct(int kc, const float *A, int64_t lda, const float *Bp,
         p0++; p3++; p6++; p9++;
         Bp += X_NR;
     }
-    store_block(c0, c1, C, ldc, X_MR, nr, accum, bias_n, NULL);
+    store_block(c0, c1, C, ldc, X_MR, nr, accum, bias_n, bias_m);
 }
 
 /* bf16 microkernel: the same block with vdpbf16ps, two k per instruction (pairs packed by the driver). */

@@ -24,7 +24,7 @@ typedef struct kc_isa {
     kc_ukr_fn ukr;
     /* optional: the same with A read in place from MR full rows of an F32 matrix (row stride lda) */
     void (*ukr_direct)(int kc, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc, int nr, int accum,
-                       const float *bias_n);
+                       const float *bias_n, const float *bias_m);
     kc_ukr_bf16_fn ukr_bf16;        /* NULL where the CPU has no bf16 dot product */
     /* n elements of a float tensor (F32/F16/BF16) from element off, widened to F32 */
     void (*cvt_row)(const tensor *t, int64_t off, int n, float *dst);
