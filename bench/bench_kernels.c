@@ -69,6 +69,7 @@ __attribute__((target("avx512f,avx512bf16"))) static float bf16_chain(long iters
 }
 #endif
 
+/* One pool task of the peak measurement: one chain benchmark on this thread. */
 static void peak_task(void *arg, int t, int thread) {
     (void)thread;
     peak_job *j = arg;
@@ -109,6 +110,7 @@ static float *rnd(size_t n) {
     return p;
 }
 
+/* A random [n0, n1] weight tensor of dtype dt. */
 static tensor rnd_tensor(dtype dt, int64_t n0, int64_t n1) {
     tensor t;
     int64_t shape[2] = {n0, n1};
@@ -140,6 +142,7 @@ static double time_linear(int M, int N, int K, dtype dt, int reps) {
     return best;
 }
 
+/* Best-of-reps seconds of one k_attention on a fused qkv buffer. */
 static double time_attention(int B, int H, int T, int D, int reps) {
     int64_t HD = (int64_t)H * D;
     float *qkv = rnd((size_t)(B * T * 3 * HD)), *o = sd3_malloc(sizeof(float) * (size_t)(B * T * HD));
@@ -158,6 +161,7 @@ static double time_attention(int B, int H, int T, int D, int reps) {
     return best;
 }
 
+/* Best-of-reps seconds of one 3x3 C->C conv on an HW x HW image (flops out). */
 static double time_conv(int C, int HW, dtype wdt, int reps, double *flops) {
     conv2d_params p = {.N = 1, .Cin = C, .H = HW, .W = HW, .Cout = C, .kh = 3, .kw = 3, .stride = 1, .pad_t = 1, .pad_b = 1,
                        .pad_l = 1, .pad_r = 1};
@@ -176,6 +180,7 @@ static double time_conv(int C, int HW, dtype wdt, int reps, double *flops) {
     return best;
 }
 
+/* Peak, then every measurement, then the JSON line. */
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) g_quick = 1;

@@ -30,6 +30,7 @@ static float frand(float lo, float hi) {
     return lo + (hi - lo) * (float)((r >> 40) * (1.0 / 16777216.0));
 }
 
+/* n uniform floats in [lo, hi) (aligned allocation). */
 static float *frandv(size_t n, float lo, float hi) {
     float *p = sd3_malloc(sizeof(float) * (n ? n : 1));
     SD3_ASSERT(p);
@@ -37,6 +38,7 @@ static float *frandv(size_t n, float lo, float hi) {
     return p;
 }
 
+/* n zeros. */
 static float *fzeros(size_t n) {
     float *p = sd3_calloc(n ? n : 1, sizeof(float));
     SD3_ASSERT(p);
@@ -95,6 +97,7 @@ static tensor abs_tensor(const tensor *t) {
     return a;
 }
 
+/* |x| elementwise, for error scales. */
 static float *absv(const float *x, size_t n) {
     float *a = fzeros(n);
     for (size_t i = 0; i < n; i++) a[i] = fabsf(x[i]);
@@ -120,6 +123,7 @@ static void cmp(const char *what, const float *got, const float *want, const flo
           n ? got[worst] : 0.0, n ? want[worst] : 0.0, n ? (tol ? tol[worst] : tol0) : 0.0);
 }
 
+/* Short dtype name for messages. */
 static const char *dtn(dtype dt) { return dtype_name(dt); }
 
 /* ================================================================================================ */
@@ -128,6 +132,7 @@ static const char *dtn(dtype dt) { return dtype_name(dt); }
 
 static int near(double a, double b, double tol) { return fabs(a - b) <= tol; }
 
+/* The refs against values computed by hand or from closed forms. */
 static void test_refs_by_hand(void) {
     /* softmax of [0, ln 3] is [1/4, 3/4]; of [1000, 1000] is [1/2, 1/2] (needs the max subtraction). */
     float s[4] = {0.0f, logf(3.0f), 1000.0f, 1000.0f};
@@ -275,6 +280,7 @@ static float dot_tol(double S, int K, int bf16) {
     return (float)t + 1e-30f;
 }
 
+/* k_linear vs k_linear_ref on random x, W (dtype wdt), b; tolerance from the abs-sum S. */
 static void test_linear_case(int M, int N, int K, dtype wdt, int with_bias, int bf16) {
     tensor W = rand_tensor(wdt, N, K, -1, 1), b = {0};
     if (with_bias) b = rand_tensor(wdt, N, 0, -1, 1);
@@ -294,6 +300,7 @@ static void test_linear_case(int M, int N, int K, dtype wdt, int with_bias, int 
     tensor_free(&W); tensor_free(&b); tensor_free(&aW); tensor_free(&ab);
 }
 
+/* Linear over awkward shapes, every weight dtype, with and without bias. */
 static void test_linear(int bf16) {
     static const int shapes[][3] = {
         {1, 1, 1}, {1, 37, 19}, {2, 300, 1000}, {3, 70, 33}, {4, 33, 129}, {13, 33, 300}, {37, 100, 1537},
@@ -314,6 +321,7 @@ static void test_linear(int bf16) {
     test_linear_case(1, 40, 70, DT_F8_E5M2, 0, bf16);
 }
 
+/* k_matmul vs k_matmul_ref. */
 static void test_matmul_case(int batch, int M, int N, int K, int transB, int bf16) {
     size_t na = (size_t)batch * M * K, nb = (size_t)batch * K * N, nc = (size_t)batch * M * N;
     float *A = frandv(na, -1, 1), *B = frandv(nb, -1, 1), *C = fzeros(nc), *Cr = fzeros(nc), *S = fzeros(nc);
@@ -328,6 +336,7 @@ static void test_matmul_case(int batch, int M, int N, int K, int transB, int bf1
     sd3_free(A); sd3_free(B); sd3_free(C); sd3_free(Cr); sd3_free(S); sd3_free(aA); sd3_free(aB);
 }
 
+/* Matmul shapes, both transB. */
 static void test_matmul(int bf16) {
     static const int shapes[][4] = {{1, 1, 1, 1}, {3, 17, 33, 45}, {1, 70, 130, 90}, {2, 1, 77, 64}, {4, 64, 64, 64},
                                     {1, 200, 41, 700}};
@@ -376,6 +385,7 @@ static void test_attention_case(int B, int H, int Tq, int Tk, int D, int causal,
     sd3_free(buf); sd3_free(qs); sd3_free(ks); sd3_free(vs); sd3_free(bias); sd3_free(o); sd3_free(orf);
 }
 
+/* Attention cases: causal, bias, fused/strided layouts, Tq != Tk, D from 3 to 200. */
 static void test_attention(void) {
     test_attention_case(1, 1, 1, 1, 8, 0, 0, 0);
     test_attention_case(1, 1, 1, 1, 8, 1, 0, 0);
@@ -432,6 +442,7 @@ static void norm_tol(float *tol, const float *yr, int rows, int C, const float *
         }
 }
 
+/* LayerNorm and RMSNorm (with/without affine, each dtype, in place) and GroupNorm. */
 static void test_norms(void) {
     static const int shapes[][2] = {{1, 1}, {3, 17}, {7, 1539}, {1, 4099}, {50, 64}};
     dtype dts[3] = {DT_F32, DT_F16, DT_BF16};
@@ -504,6 +515,7 @@ static void test_norms(void) {
  * absolute error e·u in 1 + erf, hence e·u·|x| in y even where y itself is tiny (cancellation), while
  * elsewhere the error is relative. Bound: |Δy| ≤ 8u·|y| + 4u·|x| (+ the smallest normal, for underflow). */
 typedef void (*act_fn)(float *, const float *, size_t);
+/* One activation vs its ref, with edge values, out of place and in place. */
 static void test_act(const char *name, act_fn fast, act_fn ref) {
     static const size_t sizes[] = {1, 15, 16, 17, 33, 1000, 100003};
     static const float special[] = {0.0f, -0.0f, 1e-3f, -1e-3f, 1e-30f, 5.0f, -5.0f, 9.0f, -9.0f, 20.0f, -20.0f, 40.0f, -40.0f,
@@ -552,6 +564,7 @@ static void test_conv_case(conv2d_params p, dtype wdt, int with_bias, int bf16) 
     tensor_free(&w); tensor_free(&b); tensor_free(&aw); tensor_free(&ab);
 }
 
+/* conv2d: 1x1, 3x3, strides 1 and 2, symmetric/asymmetric padding, bias or not, each weight dtype. */
 static void test_conv(int bf16) {
     /* N, Cin, H, W, Cout, kh, kw, stride, pad t, b, l, r */
     static const conv2d_params cases[] = {
@@ -571,6 +584,7 @@ static void test_conv(int bf16) {
         for (int bias = 0; bias < 2; bias++) test_conv_case(cases[c], dts[(c + bias) % 3], bias, bf16);
 }
 
+/* Upsampling is a copy: bit-exact. */
 static void test_upsample(void) {
     static const int shapes[][4] = {{2, 3, 5, 7}, {1, 64, 32, 33}, {1, 1, 1, 1}};  /* the second is split over threads */
     for (int s = 0; s < 3; s++) {
@@ -667,6 +681,7 @@ static void test_all_ops(void) {
     test_elementwise();
 }
 
+/* Refs by hand, then every dispatch level, the bf16 mode, and the forced refs on one thread. */
 int main(void) {
     test_refs_by_hand();
 

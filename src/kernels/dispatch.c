@@ -13,6 +13,7 @@
 
 static int g_prec = 0, g_isa_cap = K_ISA_ANY;
 
+/* Settings (see kernels.h): plain globals, set between calls from the main thread. */
 int k_set_precision(int bf16) { int o = g_prec; g_prec = bf16 ? 1 : 0; return o; }
 int k_get_precision(void) { return g_prec; }
 int k_set_isa_cap(int level) { int o = g_isa_cap; g_isa_cap = level; return o; }
@@ -30,6 +31,7 @@ static const kc_isa *pick(void) {
 /* Whether the bf16 products run: the mode is on and the CPU and the table have the dot product. */
 static int use_bf16(const kc_isa *isa) { return g_prec && isa && isa->ukr_bf16 && cpu_get()->avx512_bf16; }
 
+/* What k_linear runs for weight dtype dt under the current settings. */
 const char *k_linear_variant(dtype dt) {
     const kc_isa *isa = pick();
     if (!isa) return "ref";
@@ -39,6 +41,7 @@ const char *k_linear_variant(dtype dt) {
     else snprintf(buf[i], sizeof buf[i], "%s_f32fma%s", isa->name, dt == DT_F16 ? "(f16->f32 per tile)" : dt == DT_BF16 ? "(bf16->f32 per tile)" : "");
     return buf[i];
 }
+/* What k_attention and k_conv2d run under the current settings. */
 const char *k_attention_variant(void) { const kc_isa *isa = pick(); return !isa ? "ref" : isa->attn_tile ? isa->name : "portable"; }
 const char *k_conv2d_variant(void) { const kc_isa *isa = pick(); return !isa ? "ref" : isa->name; }
 
@@ -49,6 +52,7 @@ const char *k_conv2d_variant(void) { const kc_isa *isa = pick(); return !isa ? "
 /* Ref fallback for linear: split output rows over the pool. */
 typedef struct { float *y; const float *x; const tensor *W, *b; int M, N, K, chunk; } linear_job;
 
+/* One pool task of the ref fallback: a chunk of output rows. */
 static void linear_task(void *a, int t, int thread) {
     (void)thread;
     linear_job *j = a;
@@ -56,6 +60,7 @@ static void linear_task(void *a, int t, int thread) {
     if (m0 < m1) k_linear_ref(j->y + (int64_t)m0 * j->N, j->x + (int64_t)m0 * j->K, j->W, j->b, m1 - m0, j->N, j->K);
 }
 
+/* Public entry points: the fast table when there is one, else the ref (split over rows for linear). */
 void k_linear(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K) {
     const kc_isa *isa = pick();
     if (isa) { kc_linear(isa, use_bf16(isa), y, x, W, b, M, N, K); return; }
@@ -95,6 +100,7 @@ void k_conv2d(float *y, const float *x, const tensor *w, const tensor *b, const 
 typedef void (*range_fn)(void *ctx, size_t i0, size_t i1);
 typedef struct { range_fn fn; void *ctx; size_t n, chunk; } range_job;
 
+/* One pool task of par_range. */
 static void range_task(void *a, int t, int thread) {
     (void)thread;
     range_job *j = a;
@@ -116,6 +122,7 @@ static void par_range(size_t n, size_t cost, size_t align, range_fn fn, void *ct
 /* ---- softmax ---- */
 typedef struct { float *x; int n; const kc_isa *isa; } softmax_ctx;
 
+/* Softmax of rows [r0, r1): max, exp(x - max) with the vector exp, sum, divide (as the ref). */
 static void softmax_rows(void *c, size_t r0, size_t r1) {
     softmax_ctx *s = c;
     for (size_t r = r0; r < r1; r++) {
@@ -129,6 +136,7 @@ static void softmax_rows(void *c, size_t r0, size_t r1) {
     }
 }
 
+/* Rows split over the pool. */
 void k_softmax(float *x, int rows, int n) {
     const kc_isa *isa = pick();
     if (!isa) { k_softmax_ref(x, rows, n); return; }
@@ -139,6 +147,7 @@ void k_softmax(float *x, int rows, int n) {
 /* ---- layernorm / rmsnorm: rows split over the pool; vector rows where the ISA has them ---- */
 typedef struct { float *y; const float *x; const tensor *w, *b; const float *wf, *bf; int C; float eps; int rms; const kc_isa *isa; } norm_ctx;
 
+/* LayerNorm or RMSNorm of rows [r0, r1). */
 static void norm_rows(void *c, size_t r0, size_t r1) {
     norm_ctx *s = c;
     int64_t off = (int64_t)r0 * s->C;
@@ -161,6 +170,7 @@ static float *widen(const tensor *t, int n) {
     return p;
 }
 
+/* Widen the affine parameters once, then split the rows over the pool. */
 static void norm_run(float *y, const float *x, const tensor *w, const tensor *b, int rows, int C, float eps, int rms,
                      const kc_isa *isa) {
     norm_ctx c = {y, x, w, b, widen(w, C), widen(b, C), C, eps, rms, isa};
@@ -169,6 +179,7 @@ static void norm_run(float *y, const float *x, const tensor *w, const tensor *b,
     sd3_free((void *)c.bf);
 }
 
+/* Public norm entry points (the refs when forced). */
 void k_layernorm(float *y, const float *x, const tensor *w, const tensor *b, int rows, int C, float eps) {
     const kc_isa *isa = pick();
     if (!isa) { k_layernorm_ref(y, x, w, b, rows, C, eps); return; }
@@ -195,6 +206,7 @@ static const tensor *chan_view(const tensor *t, int c0, int n, tensor *view) {
     return view;
 }
 
+/* GroupNorm of (image, group) items [i0, i1). */
 static void gn_items(void *c, size_t i0, size_t i1) {
     gn_ctx *s = c;
     int cg = s->C / s->G;
@@ -212,6 +224,7 @@ static void gn_items(void *c, size_t i0, size_t i1) {
     }
 }
 
+/* (image, group) pairs split over the pool. */
 void k_groupnorm(float *y, const float *x, const tensor *w, const tensor *b, int N, int C, int HW, int G, float eps) {
     const kc_isa *isa = pick();
     if (!isa) { k_groupnorm_ref(y, x, w, b, N, C, HW, G, eps); return; }
@@ -224,6 +237,7 @@ void k_groupnorm(float *y, const float *x, const tensor *w, const tensor *b, int
 /* ---- activations ---- */
 typedef struct { int kind; float *y; const float *x; const kc_isa *isa; } act_ctx;
 
+/* One activation over [i0, i1): the ISA's vector form, else the ref. */
 static void act_range(void *c, size_t i0, size_t i1) {
     act_ctx *s = c;
     float *y = s->y + i0;
@@ -238,11 +252,13 @@ static void act_range(void *c, size_t i0, size_t i1) {
     }
 }
 
+/* An activation split over the pool in 64-float-aligned chunks. */
 static void act_run(int kind, float *y, const float *x, size_t n) {
     act_ctx c = {kind, y, x, pick()};
     par_range(n, 16, 64, act_range, &c);
 }
 
+/* Public activation entry points. */
 void k_gelu_erf(float *y, const float *x, size_t n) { if (!pick()) k_gelu_erf_ref(y, x, n); else act_run(KC_ACT_GELU_ERF, y, x, n); }
 void k_gelu_tanh(float *y, const float *x, size_t n) { if (!pick()) k_gelu_tanh_ref(y, x, n); else act_run(KC_ACT_GELU_TANH, y, x, n); }
 void k_quick_gelu(float *y, const float *x, size_t n) { if (!pick()) k_quick_gelu_ref(y, x, n); else act_run(KC_ACT_QUICK_GELU, y, x, n); }
@@ -251,6 +267,7 @@ void k_silu(float *y, const float *x, size_t n) { if (!pick()) k_silu_ref(y, x, 
 /* ---- upsample: (image·channel) planes split over the pool ---- */
 typedef struct { float *y; const float *x; int H, W; } up_ctx;
 
+/* Nearest 2x upsampling of planes [p0, p1): duplicate each value, then each row. */
 static void up_planes(void *c, size_t p0, size_t p1) {
     up_ctx *s = c;
     for (size_t p = p0; p < p1; p++) {
@@ -264,6 +281,7 @@ static void up_planes(void *c, size_t p0, size_t p1) {
     }
 }
 
+/* Planes split over the pool. */
 void k_upsample_nearest2x(float *y, const float *x, int N, int C, int H, int W) {
     if (!pick()) { k_upsample_nearest2x_ref(y, x, N, C, H, W); return; }
     up_ctx c = {y, x, H, W};
@@ -273,6 +291,7 @@ void k_upsample_nearest2x(float *y, const float *x, int N, int C, int H, int W) 
 /* ---- modulate, gated_add: rows split over the pool ---- */
 typedef struct { float *y; const float *x; const float *a, *b; int C; } rowop_ctx;
 
+/* modulate / gated_add on rows [r0, r1) (the refs' loops, which the compiler vectorises). */
 static void modulate_rows(void *c, size_t r0, size_t r1) {
     rowop_ctx *s = c;
     int64_t off = (int64_t)r0 * s->C;
@@ -284,6 +303,7 @@ static void gated_rows(void *c, size_t r0, size_t r1) {
     k_gated_add_ref(s->y + off, s->x + off, s->a, (int)(r1 - r0), s->C);
 }
 
+/* Rows split over the pool. */
 void k_modulate(float *y, const float *x, const float *shift, const float *scale, int rows, int C) {
     if (!pick()) { k_modulate_ref(y, x, shift, scale, rows, C); return; }
     rowop_ctx c = {y, x, shift, scale, C};
@@ -298,6 +318,7 @@ void k_gated_add(float *y, const float *x, const float *gate, int rows, int C) {
 /* ---- plain elementwise (no _ref twins: these loops are their own definition) ---- */
 typedef struct { int op; float *y; const float *a, *b; float s; } ew_ctx;
 
+/* One elementwise op over [i0, i1). */
 static void ew_range(void *c, size_t i0, size_t i1) {
     ew_ctx *e = c;
     float *y = e->y;
@@ -310,6 +331,7 @@ static void ew_range(void *c, size_t i0, size_t i1) {
     }
 }
 
+/* Elementwise entry points, split over the pool above PAR_MIN floats. */
 void k_add(float *y, const float *a, const float *b, size_t n) { ew_ctx c = {0, y, a, b, 0}; par_range(n, 1, 64, ew_range, &c); }
 void k_mul(float *y, const float *a, const float *b, size_t n) { ew_ctx c = {1, y, a, b, 0}; par_range(n, 1, 64, ew_range, &c); }
 void k_scale(float *y, const float *x, float s, size_t n) { ew_ctx c = {2, y, x, NULL, s}; par_range(n, 1, 64, ew_range, &c); }

@@ -6,6 +6,7 @@
 #include <string.h>
 #include "kernels/cpu/kcpu.h"
 
+/* Floats of scratch one attention task needs (the largest of the tile variants' layouts). */
 size_t kc_attn_scratch_floats(const attn_params *p) {
     size_t Dp = (size_t)(p->D + 15) / 16 * 16, Tkp = (size_t)(p->Tk + KC_ATTN_BK - 1) / KC_ATTN_BK * KC_ATTN_BK + KC_ATTN_BK;
     /* S [BQ][BK] + O [BQ][Dp] + m, alpha [BQ] + l [BQ][16] + K^T and V of every key [Dp][Tkp] each */
@@ -62,6 +63,7 @@ typedef struct attn_job {
     size_t per;
 } attn_job;
 
+/* One pool task: a (batch, head, query range) through the ISA's tile, on this thread's scratch. */
 static void attn_task(void *arg, int t, int thread) {
     attn_job *j = arg;
     const attn_params *p = j->p;
@@ -72,6 +74,8 @@ static void attn_task(void *arg, int t, int thread) {
     else kc_attn_tile_portable(j->o, j->q, j->k, j->v, p, b, h, i0, i1, scr);
 }
 
+/* Attention over the pool: one task per (batch, head) when there are >= 4 per thread (K^T and V are then
+ * packed once per head), else per (batch, head, KC_ATTN_BQ queries) so that small problems still split. */
 void kc_attention(const kc_isa *isa, float *o, const float *q, const float *k, const float *v, const attn_params *p) {
     if (p->B <= 0 || p->H <= 0 || p->Tq <= 0 || p->D <= 0) return;
     attn_job j = {.isa = isa, .o = o, .q = q, .k = k, .v = v, .p = p};

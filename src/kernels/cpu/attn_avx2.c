@@ -71,6 +71,7 @@ void kc_act_avx2(int kind, float *y, const float *x, size_t n) {
     }
 }
 
+/* Horizontal max / sum of 8 lanes. */
 static inline float hmax8(__m256 v) {
     __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     a = _mm_max_ps(a, _mm_movehl_ps(a, a));

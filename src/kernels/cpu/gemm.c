@@ -30,6 +30,7 @@ static void gemm_tune(void) {
 static float g_f8_lut[2][256];
 static pthread_once_t g_f8_once = PTHREAD_ONCE_INIT;
 
+/* Fill the fp8 tables once (256 entries per format, from the exact scalar conversions in core). */
 static void f8_lut_init(void) {
     for (int i = 0; i < 256; i++) {
         g_f8_lut[0][i] = fp8e4m3_to_f32((uint8_t)i);
@@ -37,6 +38,7 @@ static void f8_lut_init(void) {
     }
 }
 
+/* See kcpu.h. */
 const float *kc_f8_lut(dtype dt) {
     if (dt != DT_F8_E4M3 && dt != DT_F8_E5M2) return NULL;
     pthread_once(&g_f8_once, f8_lut_init);
@@ -137,6 +139,7 @@ static const kc_isa g_portable = {
     .name = "portable", .MR = P_MR, .NR = P_NR, .ukr = ukr_portable, .ukr_bf16 = NULL, .cvt_row = cvt_row_portable,
     .gemv = gemv_portable, .attn_tile = NULL, .act = NULL,
 };
+/* The portable table (always available). */
 const kc_isa *kc_isa_portable(void) { return &g_portable; }
 
 /* ---- the driver -------------------------------------------------------------------------------- */
@@ -235,6 +238,8 @@ static void gemm_task(void *arg, int task, int thread) {
     }
 }
 
+/* See kcpu.h: choose the block sizes (at least two tasks per thread), allocate per-thread packing
+ * scratch, convert A once in the bf16 mode, and run the tasks over the pool. */
 void kc_gemm_run(const kc_isa *isa, const kc_gemm *g) {
     if (g->M <= 0 || g->N <= 0) return;
     gemm_tune();
@@ -287,6 +292,7 @@ static float *bias_f32(const kc_isa *isa, const tensor *b, int n) {
 
 typedef struct gemv_job { const kc_isa *isa; float *y; const float *x; const tensor *W; const float *bias; int M, N, K, chunk; } gemv_job;
 
+/* One pool task of the small-M linear: a range of output columns. */
 static void gemv_task(void *arg, int t, int thread) {
     (void)thread;
     gemv_job *j = arg;
@@ -294,6 +300,8 @@ static void gemv_task(void *arg, int t, int thread) {
     if (n0 < n1) j->isa->gemv(j->y, j->x, j->W, j->bias, j->M, j->N, j->K, n0, n1);
 }
 
+/* Linear y = x W^T + b: M <= 4 streams W once through the ISA's gemv (memory-bound: adaLN, pooled
+ * vectors), larger M runs the blocked GEMM with x read in place and W packed per tile. */
 void kc_linear(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K) {
     if (M <= 0 || N <= 0) return;
     float *bias = bias_f32(isa, b, N);
@@ -312,6 +320,7 @@ void kc_linear(const kc_isa *isa, int bf16, float *y, const float *x, const tens
     sd3_free(bias);
 }
 
+/* Batched F32 matmul: one blocked GEMM per batch item (B packed by rows when transB, else by columns). */
 void kc_matmul(const kc_isa *isa, int bf16, float *C, const float *A, const float *B, int batch, int M, int N, int K, int transB) {
     for (int bi = 0; bi < batch; bi++) {
         const float *a = A + (int64_t)bi * M * K, *bb = B + (int64_t)bi * K * N;
@@ -363,6 +372,8 @@ static void pack_conv_b(const void *vctx, const kc_isa *isa, int idx0, int cnt, 
     }
 }
 
+/* conv2d per image as an implicit GEMM (weights x im2col tiles packed on the fly); a 1x1 stride-1
+ * unpadded conv is a plain GEMM on the image itself. */
 void kc_conv2d(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *w, const tensor *b, const conv2d_params *p) {
     int Ho, Wo;
     conv2d_out_size(p, &Ho, &Wo);

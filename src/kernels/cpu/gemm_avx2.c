@@ -89,6 +89,7 @@ static void gemv_avx2(float *y, const float *x, const tensor *W, const float *bi
     }
 }
 
+/* From attn_avx2.c. */
 void kc_attn_tile_avx2(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h, int i0,
                        int i1, float *scratch);
 void kc_act_avx2(int kind, float *y, const float *x, size_t n);
@@ -97,8 +98,10 @@ static const kc_isa g_avx2 = {
     .name = "avx2", .MR = A2_MR, .NR = A2_NR, .ukr = ukr_avx2, .ukr_bf16 = NULL, .cvt_row = cvt_row_avx2,
     .gemv = gemv_avx2, .attn_tile = kc_attn_tile_avx2, .act = kc_act_avx2,
 };
+/* The AVX2+FMA table (dispatch checks the CPU first). */
 const kc_isa *kc_isa_avx2(void) { return &g_avx2; }
 
 #else
+/* Not compiled with AVX2: no table. */
 const kc_isa *kc_isa_avx2(void) { return NULL; }
 #endif

@@ -211,6 +211,7 @@ static inline __m512 load_w16(const tensor *W, int64_t off, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+/* Horizontal sum of 16 lanes. */
 static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
 /* Small-M linear (M <= 4): y[m, n] = x[m] . W[n] + b[n] for n in [n0, n1); W streamed once, two rows of W
@@ -250,6 +251,7 @@ static void gemv_avx512(float *y, const float *x, const tensor *W, const float *
     }
 }
 
+/* From attn_avx512.c and norm_avx512.c. */
 void kc_attn_tile_avx512(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h, int i0,
                          int i1, float *scratch);
 void kc_act_avx512(int kind, float *y, const float *x, size_t n);
@@ -262,8 +264,10 @@ static const kc_isa g_avx512 = {
     .gemv = gemv_avx512, .pack_rows = pack_rows_avx512, .to_bf16_pairs = to_bf16_pairs_avx512, .attn_tile = kc_attn_tile_avx512, .act = kc_act_avx512,
     .layernorm = kc_layernorm_avx512, .rmsnorm = kc_rmsnorm_avx512, .groupnorm_group = kc_groupnorm_group_avx512,
 };
+/* The AVX-512 table (dispatch checks the CPU first). */
 const kc_isa *kc_isa_avx512(void) { return &g_avx512; }
 
 #else
+/* Not compiled with AVX-512: no table. */
 const kc_isa *kc_isa_avx512(void) { return NULL; }
 #endif
