@@ -510,6 +510,14 @@ static void test_lr(void) {
               lr_factor(LR_LINEAR, 100, 10, 100) == 0.0, "linear");
     CHECK(fabs(lr_factor(LR_COSINE, 55, 10, 100) - 0.5) < 1e-15 && lr_factor(LR_COSINE, 10, 10, 100) == 1.0 &&
               fabs(lr_factor(LR_COSINE, 100, 10, 100)) < 1e-15, "cosine");
+    /* restarts: 2 cycles over 90 steps -> back to 1 at progress 0.5; polynomial power 2 from lr 1e-3 */
+    CHECK(lr_factor_ex(LR_COSINE_RESTARTS, 55, 10, 100, 2, 1.0, 1e-3) == 1.0 &&
+              fabs(lr_factor_ex(LR_COSINE_RESTARTS, 32, 10, 100, 2, 1.0, 1e-3) - 0.5 * (1 + cos(M_PI * 44.0 / 90))) <
+                  1e-15 && lr_factor_ex(LR_COSINE_RESTARTS, 100, 10, 100, 2, 1.0, 1e-3) == 0.0,
+          "cosine_with_restarts");
+    CHECK(fabs(lr_factor_ex(LR_POLYNOMIAL, 55, 10, 100, 1, 2.0, 1e-3) - ((1e-3 - 1e-7) * 0.25 + 1e-7) / 1e-3) < 1e-15 &&
+              fabs(lr_factor_ex(LR_POLYNOMIAL, 101, 10, 100, 1, 2.0, 1e-3) - 1e-4) < 1e-15 &&
+              lr_factor_ex(LR_POLYNOMIAL, 5, 10, 100, 1, 2.0, 1e-3) == 0.5, "polynomial");
 }
 
 int main(int argc, char **argv) {

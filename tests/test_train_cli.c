@@ -109,7 +109,7 @@ int main(int argc, char **argv) {
     /* bad input */
     CHECK(run_cli("--bogus", NULL) == 2, "unknown flag");
     CHECK(run_cli(COMMON, "--output-dir", o1, "--rank", "x", NULL) == 2, "bad number");
-    CHECK(run_cli(COMMON, "--output-dir", o1, "--lr-scheduler", "polynomial", NULL) == 2, "unknown schedule");
+    CHECK(run_cli(COMMON, "--output-dir", o1, "--lr-scheduler", "piecewise_constant", NULL) == 2, "unknown schedule");
     CHECK(run_cli(COMMON, "--output-dir", o1, "--with-prior-preservation", NULL) == 2, "prior without class dir");
     CHECK(run_cli(COMMON, "--output-dir", o1, "--lora-layers", "attn.nope", NULL) == 1, "unknown target module");
     CHECK(run_cli("-m", model, "--instance-data-dir", "/nonexistent", "--instance-prompt", "x", "--output-dir", o1,

@@ -51,7 +51,9 @@ static void train_usage(FILE *f) {
             "  --max-train-steps N           default 500\n"
             "  --num-train-epochs N          used when --max-train-steps is not given\n"
             "  --learning-rate X             default 1e-4\n"
-            "  --lr-scheduler S              constant | constant_with_warmup | linear | cosine (default constant)\n"
+            "  --lr-scheduler S              constant | constant_with_warmup | linear | cosine |\n"
+            "                                cosine_with_restarts | polynomial (default constant)\n"
+            "  --lr-num-cycles N --lr-power X   cosine_with_restarts cycles (1), polynomial power (1.0)\n"
             "  --lr-warmup-steps N           default 500\n"
             "  --rank N                      LoRA rank = alpha, default 4\n"
             "  --lora-layers L1,L2,...       target modules (default: the 8 attention projections)\n"
@@ -344,6 +346,8 @@ int sd3_cmd_train_lora(int argc, char **argv) {
         else if (!strcmp(a, "--stop-after-steps")) { if (!(bad = NUM(0, 1e9))) o.stop_after_steps = (int)v; }
         else if (!strcmp(a, "--num-train-epochs")) { if (!(bad = NUM(1, 1e9))) epochs = (int)v; }
         else if (!strcmp(a, "--learning-rate")) { if (!(bad = NUM(0, 10))) o.learning_rate = v; }
+        else if (!strcmp(a, "--lr-num-cycles")) { if (!(bad = NUM(1, 1e6))) o.lr_num_cycles = (int)v; }
+        else if (!strcmp(a, "--lr-power")) { if (!(bad = NUM(0, 1e3))) o.lr_power = v; }
         else if (!strcmp(a, "--lr-warmup-steps")) { if (!(bad = NUM(0, 1e9))) o.lr_warmup_steps = (int)v; }
         else if (!strcmp(a, "--rank")) { if (!(bad = NUM(1, 4096))) o.rank = (int)v; }
         else if (!strcmp(a, "--logit-mean")) { if (!(bad = NUM(-100, 100))) o.logit_mean = v; }
@@ -363,7 +367,11 @@ int sd3_cmd_train_lora(int argc, char **argv) {
         else if (!strcmp(a, "--threads")) { if (!(bad = NUM(1, 1024))) threads = (int)v; }
         else if (!strcmp(a, "--lr-scheduler")) {
             int s = val ? lr_sched_parse(val) : -1;
-            if (s < 0) { fprintf(stderr, "train-lora: --lr-scheduler: '%s' is not constant, constant_with_warmup, linear or cosine\n", val ? val : ""); return 2; }
+            if (s < 0) {
+                fprintf(stderr, "train-lora: --lr-scheduler: '%s' is not constant, constant_with_warmup, linear, cosine, "
+                                "cosine_with_restarts or polynomial\n", val ? val : "");
+                return 2;
+            }
             o.lr_scheduler = (lr_sched)s, i++;
         } else if (!strcmp(a, "--weighting-scheme")) {
             if (!val) { fprintf(stderr, "train-lora: --weighting-scheme needs a value\n"); return 2; }

@@ -14,14 +14,28 @@
 #include "train/checkpoint.h"
 #include "train/train.h"
 
-double lr_factor(lr_sched s, int64_t step, int64_t warmup, int64_t total) {
+double lr_factor_ex(lr_sched s, int64_t step, int64_t warmup, int64_t total, int num_cycles, double power,
+                    double lr_init) {
     if (s == LR_CONSTANT) return 1.0;
     if (step < warmup) return (double)step / (double)(warmup > 1 ? warmup : 1);
     if (s == LR_CONSTANT_WARMUP) return 1.0;
     double span = (double)(total - warmup > 1 ? total - warmup : 1);
     if (s == LR_LINEAR) return fmax(0.0, (double)(total - step) / span);
     double progress = (double)(step - warmup) / span;
-    return fmax(0.0, 0.5 * (1.0 + cos(M_PI * 2.0 * 0.5 * progress)));
+    if (s == LR_COSINE) return fmax(0.0, 0.5 * (1.0 + cos(M_PI * 0.5 * 2.0 * progress)));
+    if (s == LR_COSINE_RESTARTS) {
+        if (progress >= 1.0) return 0.0;
+        return fmax(0.0, 0.5 * (1.0 + cos(M_PI * fmod((double)num_cycles * progress, 1.0))));
+    }
+    /* polynomial */
+    const double lr_end = 1e-7;
+    if (step > total) return lr_end / lr_init;
+    double pct = 1.0 - (double)(step - warmup) / (double)(total - warmup);
+    return ((lr_init - lr_end) * pow(pct, power) + lr_end) / lr_init;
+}
+
+double lr_factor(lr_sched s, int64_t step, int64_t warmup, int64_t total) {
+    return lr_factor_ex(s, step, warmup, total, 1, 1.0, 1e-4);
 }
 
 int lr_sched_parse(const char *name) {
@@ -29,6 +43,8 @@ int lr_sched_parse(const char *name) {
     if (!strcmp(name, "constant_with_warmup")) return LR_CONSTANT_WARMUP;
     if (!strcmp(name, "linear")) return LR_LINEAR;
     if (!strcmp(name, "cosine")) return LR_COSINE;
+    if (!strcmp(name, "cosine_with_restarts")) return LR_COSINE_RESTARTS;
+    if (!strcmp(name, "polynomial")) return LR_POLYNOMIAL;
     return -1;
 }
 
@@ -43,6 +59,8 @@ train_opts train_opts_default(void) {
     o.learning_rate = 1e-4;
     o.lr_scheduler = LR_CONSTANT;
     o.lr_warmup_steps = 500;
+    o.lr_num_cycles = 1;
+    o.lr_power = 1.0;
     o.max_grad_norm = 1.0;
     o.adam = adamw_default();
     o.weighting = DENSITY_LOGIT_NORMAL;
@@ -209,6 +227,9 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
                         "or options for this transformer", d->n, d->C, d->J, d->P);
     if (mkdir(o->output_dir, 0777) && errno != EEXIST)
         return sd3_errf(err, SD3_ERR_IO, "train: cannot create %s: %s", o->output_dir, strerror(errno));
+    if (o->lr_scheduler == LR_POLYNOMIAL && !(o->learning_rate > 1e-7))
+        return sd3_errf(err, SD3_ERR_INVALID_ARG, "train: polynomial schedule: lr_end (1e-7) must be smaller than "
+                        "the learning rate (%g)", o->learning_rate);
     if (d->n_class < 0 || (d->n_class > 0 && (!d->class_mean || !d->class_ctx || !d->class_pooled)))
         return sd3_errf(err, SD3_ERR_INVALID_ARG, "train: prior preservation needs class latents and embeddings");
     const int Bi = o->train_batch_size, np = d->n_class > 0 ? Bi : 0, B = Bi + np;
@@ -291,7 +312,8 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
             step_loss += loss * inv_acc;
         }
         adamw_params hp = o->adam;
-        hp.lr = o->learning_rate * lr_factor(o->lr_scheduler, ls.step, o->lr_warmup_steps, o->max_train_steps);
+        hp.lr = o->learning_rate * lr_factor_ex(o->lr_scheduler, ls.step, o->lr_warmup_steps, o->max_train_steps,
+                                                o->lr_num_cycles, o->lr_power, o->learning_rate);
         train_clip_and_step(&L, o->max_grad_norm, ls.step + 1, &hp);
         if (o->loss_curve) o->loss_curve[ls.step] = step_loss;
         ls.step++;

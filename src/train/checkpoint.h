@@ -28,13 +28,23 @@
 #include "train/lora_train.h"
 #include "train/optim.h"
 
-typedef enum lr_sched { LR_CONSTANT = 0, LR_CONSTANT_WARMUP, LR_LINEAR, LR_COSINE } lr_sched;
+typedef enum lr_sched {
+    LR_CONSTANT = 0, LR_CONSTANT_WARMUP, LR_LINEAR, LR_COSINE, LR_COSINE_RESTARTS, LR_POLYNOMIAL
+} lr_sched;
 
 /* diffusers.optimization.get_scheduler's factor for optimizer step `step` (0-based), warmup and total
  * steps: constant 1; constant_with_warmup step/warmup then 1; linear warmup then (total - step) /
  * (total - warmup); cosine warmup then 0.5 (1 + cos(pi progress)) (num_cycles 0.5). */
 double lr_factor(lr_sched s, int64_t step, int64_t warmup, int64_t total);
-/* "constant", "constant_with_warmup", "linear", "cosine"; -1 for other names. */
+/* The same with the script's --lr_num_cycles (cosine_with_restarts: hard restarts; plain cosine ignores it,
+ * as get_scheduler does not pass it on) and --lr_power (polynomial decay to lr_end 1e-7 from lr_init):
+ * cosine_with_restarts: progress >= 1 -> 0, else 0.5 (1 + cos(pi ((cycles progress) mod 1)));
+ * polynomial: step > total -> lr_end / lr_init, else ((lr_init - lr_end) (1 - (step - warmup) /
+ * (total - warmup))^power + lr_end) / lr_init. */
+double lr_factor_ex(lr_sched s, int64_t step, int64_t warmup, int64_t total, int num_cycles, double power,
+                    double lr_init);
+/* "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"; -1 for
+ * other names. */
 int lr_sched_parse(const char *name);
 
 typedef struct train_opts {
@@ -50,6 +60,8 @@ typedef struct train_opts {
     int checkpoints_total_limit;    /* 0 = keep all */
     double learning_rate;           /* 1e-4 */
     lr_sched lr_scheduler;          /* constant */
+    int lr_num_cycles;              /* 1 (cosine_with_restarts) */
+    double lr_power;                /* 1.0 (polynomial) */
     int lr_warmup_steps;            /* 500 */
     double max_grad_norm;           /* 1.0 */
     adamw_params adam;              /* betas, eps, weight decay (lr is set per step) */
