@@ -653,6 +653,7 @@ static int bench_one(bench_opts *o) {
     else if (!strcmp(c, "pipeline")) s = bench_pipeline(o, &r, &err);
     else if (!strcmp(c, "peak")) s = SD3_OK;
     else s = sd3_errf(&err, SD3_ERR_INVALID_ARG, "unknown component '%s'", c);
+    const char *variant = k_linear_variant(o->stored);   /* with the precision mode still set */
     k_set_precision(0);
     if (s) {
         fprintf(stderr, "sd3 bench: error: %s\n", err.msg);
@@ -674,9 +675,9 @@ static int bench_one(bench_opts *o) {
                r.flops * 1e-9, gflops, 100 * ratio, o->bf16 ? "bf16" : "fp32", peak, rss);
         if (r.seconds > 0 && r.cpu_s < 0.9 * r.seconds * pool_threads())
             printf("  note: %.2f CPU s in %.2f s on %d threads (%.0f%% of the threads' time): the machine is busy; "
-                   "per CPU time %.1f GFLOP/s = %.1f%% of the peak per CPU time\n",
+                   "per CPU time %.1f GFLOP/s = %.1f%% of the peak per CPU time (about %.2f s on an idle machine)\n",
                    r.cpu_s, r.seconds, pool_threads(), 100 * r.cpu_s / (r.seconds * pool_threads()), gflops_cpu,
-                   peak_cpu > 0 ? 100 * gflops_cpu / peak_cpu : 0);
+                   peak_cpu > 0 ? 100 * gflops_cpu / peak_cpu : 0, r.cpu_s / pool_threads());
         if (r.layers_run && r.layers_run < r.layers_total)
             printf("  %d of %d blocks run: whole model estimated at %.2f s (scaled by FLOPs)\n", r.layers_run,
                    r.layers_total, full_s);
@@ -689,12 +690,12 @@ static int bench_one(bench_opts *o) {
            "\"stored_dtype\": \"%s\", \"threads\": %d, \"tokens\": %d, \"flops\": %.6g, \"seconds\": %.4f, "
            "\"gflops\": %.2f, \"peak_rss_mb\": %.0f, \"peak_gflops_fp32\": %.1f, \"peak_gflops_bf16\": %.1f, "
            "\"ratio_to_peak\": %.4f, \"runs\": %d, \"warmup\": %d, \"layers_run\": %d, \"layers_total\": %d, "
-           "\"seconds_full_estimate\": %.4f, \"cpu_seconds\": %.3f, \"gflops_cpu\": %.2f, \"peak_gflops_cpu\": %.1f, \"ratio_to_peak_cpu\": %.4f, \"load_before\": %.2f, \"load_after\": %.2f, "
+           "\"seconds_full_estimate\": %.4f, \"cpu_seconds\": %.3f, \"seconds_idle_estimate\": %.3f, \"gflops_cpu\": %.2f, \"peak_gflops_cpu\": %.1f, \"ratio_to_peak_cpu\": %.4f, \"load_before\": %.2f, \"load_after\": %.2f, "
            "\"gemm\": \"%s\"",
            syn_arch_name(o->arch), c, o->width, o->height, o->bf16 ? "bf16" : "fp32", dtype_name(o->stored),
            pool_threads(), r.tokens, r.flops, r.seconds, gflops, rss, o->peak_fp32, o->peak_bf16, ratio, r.runs,
-           o->warmup, r.layers_run, r.layers_total, full_s, r.cpu_s, gflops_cpu, peak_cpu,
-           peak_cpu > 0 ? gflops_cpu / peak_cpu : 0, load0, load1, k_linear_variant(o->stored));
+           o->warmup, r.layers_run, r.layers_total, full_s, r.cpu_s, r.cpu_s / pool_threads(), gflops_cpu, peak_cpu,
+           peak_cpu > 0 ? gflops_cpu / peak_cpu : 0, load0, load1, variant);
     if (r.have_stages)
         printf(", \"steps\": %d, \"no_t5\": %s, \"encode_s\": %.3f, \"encode_rss_mb\": %.0f, \"denoise_s\": %.3f, "
                "\"denoise_rss_mb\": %.0f, \"decode_s\": %.3f, \"decode_rss_mb\": %.0f",
