@@ -467,6 +467,28 @@ static void test_prior(const mmdit_model *m) {
     printf("prior preservation: loss %.6f = %.6f + %.1f x %.6f (err %.1e); gradients = instance + weight x prior, "
            "max diff %.1e (max |g| %.1e)\n", loss[0], loss[1], pw, loss[2], lerr, worst, mx);
     CHECK(lerr < 1e-6 * (1 + loss[0]) && worst < 1e-5 * mx, "prior loss composition off: %g / %g", lerr, worst);
+    /* precondition_outputs = 0: loss = mean w (raw - (noise - x0))^2 on the raw transformer output */
+    {
+        trainer t0;
+        trainer_init(&t0, m, &L[0], 1);
+        t0.precondition_outputs = 0;
+        float l0 = 0, *raw = malloc(sizeof(float) * (size_t)in.n);
+        CHECK(train_loss_backward(&t0, in.x, noise, sig, ts, w, in.ctx, in.pooled, 2, in.H, in.W, in.S, 1.0f, &l0, NULL,
+                                  raw, NULL, &err) == SD3_OK, "%s", err.msg);
+        double ref = 0;
+        for (int b = 0; b < 2; b++) {
+            double sb = 0;
+            for (int64_t e = 0; e < n1; e++) {
+                double dd = (double)raw[b * n1 + e] - ((double)noise[b * n1 + e] - in.x[b * n1 + e]);
+                sb += w[b] * dd * dd;
+            }
+            ref += sb / (double)n1 / 2;
+        }
+        printf("precondition_outputs 0: loss %.7f vs direct %.7f\n", l0, ref);
+        CHECK(fabs(l0 - ref) < 1e-5 * ref, "precondition_outputs 0 loss %g vs %g", l0, ref);
+        trainer_free(&t0);
+        free(raw);
+    }
     for (int k = 0; k < 3; k++) trainer_free(&tr[k]), lt_free(&L[k]);
     free(noise);
 

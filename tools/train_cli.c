@@ -61,6 +61,7 @@ static void train_usage(FILE *f) {
             "  --weighting-scheme S          logit_normal | sigma_sqrt | mode | cosmap | none (default logit_normal)\n"
             "  --logit-mean X --logit-std X --mode-scale X   defaults 0, 1, 1.29\n"
             "  --adam-beta1 X --adam-beta2 X --adam-weight-decay X --adam-epsilon X --max-grad-norm X\n"
+            "  --precondition-outputs 0|1    default 1 (pred = raw (-sigma) + x_t, target x0; 0: target noise - x0)\n"
             "  --seed N                      default 0\n"
             "  --checkpointing-steps N       default 500 (checkpoint-N folders, written atomically)\n"
             "  --resume-from-checkpoint P    a checkpoint folder or \"latest\"\n"
@@ -346,6 +347,7 @@ int sd3_cmd_train_lora(int argc, char **argv) {
         else if (!strcmp(a, "--stop-after-steps")) { if (!(bad = NUM(0, 1e9))) o.stop_after_steps = (int)v; }
         else if (!strcmp(a, "--num-train-epochs")) { if (!(bad = NUM(1, 1e9))) epochs = (int)v; }
         else if (!strcmp(a, "--learning-rate")) { if (!(bad = NUM(0, 10))) o.learning_rate = v; }
+        else if (!strcmp(a, "--precondition-outputs")) { if (!(bad = NUM(0, 1))) o.precondition_outputs = (int)v; }
         else if (!strcmp(a, "--lr-num-cycles")) { if (!(bad = NUM(1, 1e6))) o.lr_num_cycles = (int)v; }
         else if (!strcmp(a, "--lr-power")) { if (!(bad = NUM(0, 1e3))) o.lr_power = v; }
         else if (!strcmp(a, "--lr-warmup-steps")) { if (!(bad = NUM(0, 1e9))) o.lr_warmup_steps = (int)v; }

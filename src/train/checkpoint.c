@@ -68,6 +68,7 @@ train_opts train_opts_default(void) {
     o.flow_shift = 3.0;
     o.prior_loss_weight = 1.0;
     o.gradient_checkpointing = 1;
+    o.precondition_outputs = 1;
     o.output_dir = "sd3-dreambooth-lora";
     return o;
 }
@@ -245,6 +246,7 @@ sd3_status train_run(const mmdit_model *m, const train_opts *o, const train_data
     loop_state ls = {0};
     trainer tr;
     trainer_init(&tr, m, &L, o->gradient_checkpointing);
+    tr.precondition_outputs = o->precondition_outputs;
     s = lt_create(&L, m, o->rank, (float)o->rank, o->lora_layers, o->lora_blocks, err);
     float *x0 = sd3_malloc(sizeof(float) * (size_t)(3 * B * n1));
     float *ctx = sd3_malloc(sizeof(float) * (size_t)B * S * J), *pooled = sd3_malloc(sizeof(float) * (size_t)B * P);

@@ -71,6 +71,7 @@ typedef struct train_opts {
     double flow_shift;              /* the scheduler's shift (3.0 for SD3 / SD3.5) */
     double prior_loss_weight;       /* --prior_loss_weight 1.0 (used when the data has class images) */
     int gradient_checkpointing;     /* 1 */
+    int precondition_outputs;       /* 1 (the script's default) */
     const char *output_dir;
     const char *resume_from;        /* NULL, a checkpoint dir, or "latest" */
     /* progress: called after every optimizer step (may be NULL); validation: every validation_steps */

@@ -31,6 +31,7 @@ void trainer_init(trainer *tr, const mmdit_model *m, lt_set *lora, int checkpoin
     tr->m = m;
     tr->lora = lora;
     tr->checkpointing = checkpointing;
+    tr->precondition_outputs = 1;
 }
 
 void trainer_free(trainer *tr) {
@@ -39,9 +40,9 @@ void trainer_free(trainer *tr) {
     sd3_free(tr->acts);
     const mmdit_model *m = tr->m;
     lt_set *l = tr->lora;
-    int ck = tr->checkpointing;
+    int ck = tr->checkpointing, pc = tr->precondition_outputs;
     memset(tr, 0, sizeof *tr);
-    tr->m = m, tr->lora = l, tr->checkpointing = ck;
+    tr->m = m, tr->lora = l, tr->checkpointing = ck, tr->precondition_outputs = pc;
 }
 
 /* A list of buffers to carve out of one allocation. */
@@ -550,9 +551,16 @@ sd3_status train_loss_backward_prior(trainer *tr, const float *x0, const float *
         return sd3_errf(err, SD3_ERR_INVALID_ARG, "train: %d prior samples in a batch of %d", n_prior, B);
     const int64_t n = (int64_t)Cl * H * W, tot = (int64_t)B * n;
     const int Bi = B - n_prior;
-    float *buf = sd3_malloc(sizeof(float) * (size_t)(3 * tot));
+    const int pc = tr->precondition_outputs;
+    float *buf = sd3_malloc(sizeof(float) * (size_t)((pc ? 3 : 4) * tot));
     if (!buf) return sd3_errf(err, SD3_ERR_NOMEM, "train: out of memory");
     float *noisy = buf, *raw = buf + tot, *draw = buf + 2 * tot;
+    const float *target = x0, *sg = pc ? sigmas : NULL;
+    if (!pc) {
+        float *t = buf + 3 * tot; /* noise - model_input */
+        for (int64_t i = 0; i < tot; i++) t[i] = noise[i] - x0[i];
+        target = t;
+    }
     /* noisy_model_input = (1.0 - sigmas) * model_input + sigmas * noise, float32 as torch. */
     for (int b = 0; b < B; b++) {
         const float s = sigmas[b], oms = 1.0f - s;
@@ -565,11 +573,11 @@ sd3_status train_loss_backward_prior(trainer *tr, const float *x0, const float *
     if (st == SD3_OK) {
         memset(draw, 0, sizeof(float) * (size_t)tot);
         /* instance loss over the first Bi samples; prior loss (weighted) over the last n_prior */
-        float L = rf_loss_backward(draw, pred_out, raw, noisy, x0, sigmas, weighting, Bi, n);
+        float L = rf_loss_backward(draw, pred_out, raw, noisy, target, sg, weighting, Bi, n);
         if (n_prior > 0) {
             const int64_t o = (int64_t)Bi * n;
-            float Lp = rf_loss_backward(draw + o, pred_out ? pred_out + o : NULL, raw + o, noisy + o, x0 + o,
-                                        sigmas + Bi, weighting ? weighting + Bi : NULL, n_prior, n);
+            float Lp = rf_loss_backward(draw + o, pred_out ? pred_out + o : NULL, raw + o, noisy + o, target + o,
+                                        sg ? sg + Bi : NULL, weighting ? weighting + Bi : NULL, n_prior, n);
             for (int64_t i = o; i < tot; i++) draw[i] *= prior_weight;
             L = L + prior_weight * Lp;
         }

@@ -38,6 +38,8 @@ typedef struct trainer {
     const mmdit_model *m;
     lt_set *lora;
     int checkpointing;
+    int precondition_outputs;   /* the script's --precondition_outputs (1, set by trainer_init): pred = raw (-sigma)
+                                   + noisy, target = x0; 0: pred = raw, target = noise - x0 */
     /* shapes of the current buffers */
     int B, H, W, S, Tx, Tc, T, C, F, nh, D, Pin, Pout, L;
     float *mem;                 /* one allocation carved into the buffers below */
@@ -67,7 +69,8 @@ sd3_status trainer_backward(trainer *tr, const float *d_out, sd3_err *err);
 
 /* The script's loss part of one step on B samples of latents (B, 16, H, W):
  *   noisy = (1 - sigma) x0 + sigma noise;  raw = transformer(noisy, t, ctx, pooled);
- *   pred = raw (-sigma) + noisy (precondition_outputs);  target = x0;
+ *   pred = raw (-sigma) + noisy, target = x0 (tr->precondition_outputs, the default; else pred = raw,
+ *   target = noise - x0);
  *   loss = mean_b(mean(w_b (pred - target)^2)),
  * then the backward of loss * loss_scale (loss_scale = 1 / gradient_accumulation_steps when averaging
  * over accumulation as accelerate does) into the LoRA gradients. Optional outputs: noisy, raw, pred
