@@ -405,7 +405,7 @@ static sd3_status write_weights(const syn_list *l, dtype dt, const char *path, c
     while (!bad && hl % 8) bad |= buf_printf(&hdr, &hl, &hc, " ");
     if (bad) { free(hdr); return sd3_errf(err, SD3_ERR_NOMEM, "%s: out of memory building the header", path); }
 
-    char dir[4096];
+    char dir[4400];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
     if (slash) *slash = 0;
@@ -415,7 +415,7 @@ static sd3_status write_weights(const syn_list *l, dtype dt, const char *path, c
         return sd3_errf(err, SD3_ERR_IO, "%s: not enough disk space to generate %s: %.1f GB needed (with 1 GB spare), "
                         "%.1f GB free; set SD3_BENCH_CACHE to a larger disk", dir, what, need / 1e9, have / 1e9);
     }
-    char tmp[4200];
+    char tmp[4500];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "wb");
     if (!f) { free(hdr); return sd3_errf(err, SD3_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno)); }
@@ -488,7 +488,7 @@ static int file_matches(const syn_list *l, dtype dt, const char *path) {
 
 /* Write text to path (via a temp file). */
 static sd3_status write_text(const char *path, const char *text, sd3_err *err) {
-    char tmp[4200];
+    char tmp[4500];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "w");
     if (!f) return sd3_errf(err, SD3_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
