@@ -13,31 +13,9 @@
 #include "text/t5.h"
 #include "vae/vae.h"
 
-/* Known bug (reported; regression case in tests/test_bad_inputs.c): src/io/json_util.c converts JSON
- * numbers to int with a plain cast (json_int, json_req_int, json_int_array), undefined behaviour for
- * values outside int's range (UBSan: "5.55556e+10 is outside the range of representable values of type
- * 'int'"). Until that is fixed, such numbers are clamped to int's range before the readers see them, so the
- * run goes on to find other bugs; build with -DFZ_SKIP_KNOWN=0 to check the fix. */
-#ifndef FZ_SKIP_KNOWN
-#define FZ_SKIP_KNOWN 1
-#endif
-static void clamp_numbers(cJSON *j, int depth) {
-    for (cJSON *c = j; c && depth < 2000; c = c->next) {
-        if (cJSON_IsNumber(c) && !(c->valuedouble > -2147483648.0 && c->valuedouble < 2147483647.0))
-            cJSON_SetNumberValue(c, c->valuedouble < 0 ? -2147483648.0 : 2147483647.0);
-        if (c->child) clamp_numbers(c->child, depth + 1);
-    }
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *s = fz_cstr(data, size);
     cJSON *j = cJSON_ParseWithLength(s, size);
-    if (FZ_SKIP_KNOWN && j) {
-        clamp_numbers(j, 0);
-        /* the VAE reader parses the file itself: give it the clamped JSON too */
-        char *txt = cJSON_PrintUnformatted(j);
-        if (txt) { free(s); s = txt; size = strlen(s); data = (const uint8_t *)s; }
-    }
     sd3_err err = {0};
     sd3_status st;
     if (j) {
