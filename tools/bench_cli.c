@@ -690,11 +690,13 @@ static int bench_one(bench_opts *o) {
            "\"stored_dtype\": \"%s\", \"threads\": %d, \"tokens\": %d, \"flops\": %.6g, \"seconds\": %.4f, "
            "\"gflops\": %.2f, \"peak_rss_mb\": %.0f, \"peak_gflops_fp32\": %.1f, \"peak_gflops_bf16\": %.1f, "
            "\"ratio_to_peak\": %.4f, \"runs\": %d, \"warmup\": %d, \"layers_run\": %d, \"layers_total\": %d, "
-           "\"seconds_full_estimate\": %.4f, \"cpu_seconds\": %.3f, \"seconds_idle_estimate\": %.3f, \"gflops_cpu\": %.2f, \"peak_gflops_cpu\": %.1f, \"ratio_to_peak_cpu\": %.4f, \"load_before\": %.2f, \"load_after\": %.2f, "
+           "\"seconds_full_estimate\": %.4f, \"cpu_seconds\": %.3f, \"seconds_idle_estimate_full\": %.3f, "
+           "\"gflops_cpu\": %.2f, \"peak_gflops_cpu\": %.1f, \"ratio_to_peak_cpu\": %.4f, \"load_before\": %.2f, "
+           "\"load_after\": %.2f, "
            "\"gemm\": \"%s\"",
            syn_arch_name(o->arch), c, o->width, o->height, o->bf16 ? "bf16" : "fp32", dtype_name(o->stored),
            pool_threads(), r.tokens, r.flops, r.seconds, gflops, rss, o->peak_fp32, o->peak_bf16, ratio, r.runs,
-           o->warmup, r.layers_run, r.layers_total, full_s, r.cpu_s, r.cpu_s / pool_threads(), gflops_cpu, peak_cpu,
+           o->warmup, r.layers_run, r.layers_total, full_s, r.cpu_s, full_s > 0 ? r.cpu_s / pool_threads() * full_s / r.seconds : 0, gflops_cpu, peak_cpu,
            peak_cpu > 0 ? gflops_cpu / peak_cpu : 0, load0, load1, variant);
     if (r.have_stages)
         printf(", \"steps\": %d, \"no_t5\": %s, \"encode_s\": %.3f, \"encode_rss_mb\": %.0f, \"denoise_s\": %.3f, "
