@@ -262,11 +262,13 @@ static int rss_reset(void) {
     return bad ? -1 : 0;
 }
 
+/* qsort order of doubles. */
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
 }
 
+/* Median of v[0..n) (sorts v). */
 static double median(double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
@@ -343,12 +345,15 @@ typedef struct mmdit_ctx {
     int skip[MMDIT_MAX_LAYERS];
 } mmdit_ctx;
 
+/* One CFG-batch forward (the blocks past --layers skipped). */
 static sd3_status run_mmdit(void *p, sd3_err *err) {
     mmdit_ctx *c = p;
     return mmdit_forward(&c->m, c->x, c->B, c->h, c->w, c->ctx, c->S, c->pooled, c->t, c->n_skip ? c->skip : NULL,
                          c->n_skip, c->out, err);
 }
 
+/* The transformer: load the synthesised folder with mmdit_load_dir, random latents / text / pooled inputs at
+ * t = 500, time forwards. */
 static sd3_status bench_mmdit(const bench_opts *o, bench_result *r, sd3_err *err) {
     char dir[4096];
     sd3_status s = syn_component_dir(o->arch, SYN_MMDIT, o->stored, NULL, dir, sizeof dir, NULL, err);
@@ -416,12 +421,14 @@ static sd3_status open_te(syn_comp comp, const bench_opts *o, weights *w, cJSON 
 
 typedef struct t5_ctx { t5_model m; int64_t *ids; int B, T, n_run; float *out; } t5_ctx;
 
+/* One T5 encode (up to block n_run). */
 static sd3_status run_t5(void *p, sd3_err *err) {
     t5_ctx *c = p;
     if (c->n_run < c->m.cfg.num_layers) return t5_forward_hidden(&c->m, c->ids, c->B, c->T, c->n_run, c->out, err);
     return t5_forward(&c->m, c->ids, c->B, c->T, c->out, err);
 }
 
+/* T5-XXL through t5_load on batch x tokens of spread-out ids. */
 static sd3_status bench_t5(const bench_opts *o, bench_result *r, sd3_err *err) {
     weights w;
     cJSON *cfg = NULL;
@@ -457,11 +464,13 @@ done:
 
 typedef struct clip_ctx { clip_model m; int64_t *ids; int B, T; float *hidden, *embeds; } clip_ctx;
 
+/* One CLIP forward with the outputs encode_prompt takes (hidden_states[-2] and the pooled projection). */
 static sd3_status run_clip(void *p, sd3_err *err) {
     clip_ctx *c = p;
     return clip_forward(&c->m, c->ids, c->B, c->T, -2, c->hidden, NULL, c->embeds, err);
 }
 
+/* CLIP-L or CLIP-G through clip_load on batch x 77 tokens (bos, 19 words, eos padding). */
 static sd3_status bench_clip(const bench_opts *o, syn_comp comp, bench_result *r, sd3_err *err) {
     weights w;
     cJSON *cfg = NULL;
@@ -499,6 +508,7 @@ done:
 
 typedef struct vae_ctx { vae_model m; float *in, *out; int B, h, w, decode; } vae_ctx;
 
+/* One VAE decode of the latents or encode of the image. */
 static sd3_status run_vae(void *p, sd3_err *err) {
     vae_ctx *c = p;
     int f = vae_downscale(&c->m.cfg), L = c->m.cfg.latent_channels;
@@ -506,6 +516,7 @@ static sd3_status run_vae(void *p, sd3_err *err) {
     return vae_encode(&c->m, c->in, c->B, 3, c->h * f, c->w * f, c->out, NULL, err);
 }
 
+/* The VAE through vae_open_dir: decode a (batch, 16, H/8, W/8) latent or encode a (batch, 3, H, W) image. */
 static sd3_status bench_vae(const bench_opts *o, int decode, bench_result *r, sd3_err *err) {
     char dir[4096];
     sd3_status s = syn_component_dir(o->arch, SYN_VAE, o->stored, NULL, dir, sizeof dir, NULL, err);
@@ -561,6 +572,8 @@ static void pipe_tap(void *user, const char *name, int step, const float *x, int
     }
 }
 
+/* A whole txt2img (CFG 7, --steps, decode) through pipe_generate on a synthesised pipeline folder, with the
+ * time and peak RSS of each stage. */
 static sd3_status bench_pipeline(const bench_opts *o, bench_result *r, sd3_err *err) {
     char dir[4096];
     sd3_status s = syn_pipeline_dir(o->arch, o->stored, !o->no_t5, NULL, NULL, dir, sizeof dir, err);
@@ -626,14 +639,24 @@ static sd3_status bench_pipeline(const bench_opts *o, bench_result *r, sd3_err *
 /* ================================================================================================ */
 
 static const char *USAGE =
-    "usage: sd3 bench [--arch sd3-medium|sd3.5-medium|sd3.5-large] [--component mmdit|t5|clip-l|clip-g|\n"
-    "                 vae-decode|vae-encode|pipeline|peak] [--width W] [--height H] [--precision fp32|bf16]\n"
-    "                 [--threads N] [--runs N] [--warmup N] [--steps N] [--batch B] [--tokens T] [--layers N]\n"
-    "                 [--dtype bf16|fp16|fp32] [--no-t5] [--no-peak] [--standard]\n"
-    "  Times one component on full-size random weights (generated once into $SD3_BENCH_CACHE, default\n"
-    "  /tmp/sd3c-bench), median of --runs (default 3; pipeline 1) after --warmup (default 1; pipeline 0).\n"
-    "  --layers N: only the first N MMDiT / T5 blocks, time scaled to the whole model by FLOPs.\n"
-    "  The last line is one JSON object.\n";
+    "usage: sd3 bench [options]\n"
+    "  --arch sd3-medium|sd3.5-medium|sd3.5-large   architecture (default sd3-medium)\n"
+    "  --component C      mmdit|t5|clip-l|clip-g|vae-decode|vae-encode|pipeline|peak (default mmdit)\n"
+    "  --width W --height H   image size, multiples of 16 (default 512 x 512)\n"
+    "  --precision fp32|bf16  matrix-product mode (default fp32)\n"
+    "  --threads N        worker threads, 0 = all cores (default 0)\n"
+    "  --runs N           timed runs, the median is reported (default 3; pipeline 1)\n"
+    "  --warmup N         untimed runs first (default 1; pipeline 0)\n"
+    "  --batch B          batch (default 2 = the CFG batch; VAE 1)\n"
+    "  --tokens T         T5 tokens (default 256; the MMDiT sees 77 + T text tokens)\n"
+    "  --steps N          pipeline steps (default 2)\n"
+    "  --layers N         only the first N MMDiT / T5 blocks; the time is scaled to the whole model by FLOPs\n"
+    "  --dtype bf16|fp16|fp32  stored dtype of the generated weights (default bf16)\n"
+    "  --no-t5            without the T5 (zeros, as text_encoder_3=None)\n"
+    "  --no-peak          skip the peak microbenchmark\n"
+    "  --standard         the short standard set (what `make bench` runs), one JSON line each\n"
+    "  Weights are generated once into $SD3_BENCH_CACHE (default /tmp/sd3c-bench). The last line is one JSON\n"
+    "  object (seconds, flops, gflops, peak_rss_mb, the peaks measured in the same run and the ratios).\n";
 
 /* Run the benchmark o describes and print its report and JSON line. */
 static int bench_one(bench_opts *o) {
@@ -719,6 +742,8 @@ static long int_arg(const char *opt, const char *v, long lo, long hi) {
     return x;
 }
 
+/* `sd3 bench` (argv without "sd3 bench"): parse the options, measure the peak, run one benchmark or the
+ * standard set. Returns the process exit status (2 for bad usage). */
 int sd3_cmd_bench(int argc, char **argv) {
     bench_opts o;
     memset(&o, 0, sizeof o);

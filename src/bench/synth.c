@@ -24,6 +24,7 @@
 static const char *const ARCH_NAMES[SYN_ARCH_COUNT] = {"sd3-medium", "sd3.5-medium", "sd3.5-large"};
 static const char *const COMP_NAMES[SYN_COMP_COUNT] = {"mmdit", "vae", "clip-l", "clip-g", "t5xxl"};
 
+/* Names by enum value ("?" outside the range). */
 const char *syn_arch_name(syn_arch a) { return a >= 0 && a < SYN_ARCH_COUNT ? ARCH_NAMES[a] : "?"; }
 const char *syn_comp_name(syn_comp c) { return c >= 0 && c < SYN_COMP_COUNT ? COMP_NAMES[c] : "?"; }
 
@@ -294,6 +295,7 @@ static void list_component(syn_list *l, syn_arch a, syn_comp c) {
     }
 }
 
+/* Elements of t. */
 static int64_t numel(const syn_tensor *t) {
     int64_t n = 1;
     for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
@@ -564,6 +566,7 @@ static void config_text(syn_arch a, syn_comp c, char *b, size_t n) {
     }
 }
 
+/* Folder suffix of a stored dtype. */
 static const char *dt_tag(dtype dt) { return dt == DT_BF16 ? "bf16" : dt == DT_F16 ? "fp16" : "fp32"; }
 
 sd3_status syn_cache_dir(char *out, size_t n, sd3_err *err) {
