@@ -160,8 +160,10 @@ static attn_params image_ap(const trainer *tr) {
 }
 
 /* JointTransformerBlock.forward of block i from xin[i], cin[i] into xin[i+1], cin[i+1], keeping its
- * activations in a (mmdit.c joint_block, op for op, with the LoRA through tlin). */
-static sd3_status block_forward(trainer *tr, int i, train_block_acts *a, sd3_err *err) {
+ * activations in a (mmdit.c joint_block, op for op, with the LoRA through tlin). need_lse = 0 skips the
+ * attention log-sum-exp (an extra Q K^T pass) when these activations will not be used by a backward
+ * (the first pass under checkpointing recomputes them anyway). */
+static sd3_status block_forward(trainer *tr, int i, train_block_acts *a, int need_lse, sd3_err *err) {
     const mmdit_block *bl = &tr->m->blocks[i];
     const int B = tr->B, Tx = tr->Tx, Tc = tr->Tc, T = tr->T, C = tr->C, F = tr->F;
     const int nx = bl->dual ? 9 : 6, nc = bl->context_pre_only ? 2 : 6;
@@ -203,7 +205,7 @@ static sd3_status block_forward(trainer *tr, int i, train_block_acts *a, sd3_err
     }
     attn_params ap = joint_ap(tr);
     k_attention(a->o, a->q, a->k, a->v, &ap);
-    sd3_status s = attention_lse(a->lse, a->q, a->k, &ap, err);
+    sd3_status s = need_lse ? attention_lse(a->lse, a->q, a->k, &ap, err) : SD3_OK;
     if (s != SD3_OK) return s;
     for (int b = 0; b < B; b++) {
         int64_t bo = (int64_t)b * T * C;
@@ -229,7 +231,7 @@ static sd3_status block_forward(trainer *tr, int i, train_block_acts *a, sd3_err
         }
         attn_params ap2 = image_ap(tr);
         k_attention(a->o2, a->q2, a->k2, a->v2, &ap2);
-        if ((s = attention_lse(a->lse2, a->q2, a->k2, &ap2, err)) != SD3_OK) return s;
+        if (need_lse && (s = attention_lse(a->lse2, a->q2, a->k2, &ap2, err)) != SD3_OK) return s;
         tlin(tr, a->ax2, a->o2, &bl->attn2_to_out_0, B * Tx, C, C, 0);
         for (int b = 0; b < B; b++)
             k_gated_add(a->x1 + (int64_t)b * Tx * C, a->ax2 + (int64_t)b * Tx * C,
@@ -419,6 +421,14 @@ static sd3_status block_backward(trainer *tr, int i, const train_block_acts *a, 
     return SD3_OK;
 }
 
+/* The lowest block holding a trainable module (tr->L when none): nothing below it needs a backward. */
+static int lowest_block(const trainer *tr) {
+    int lowest = tr->L;
+    for (int i = 0; i < tr->lora->n; i++)
+        if (tr->lora->mods[i].block >= 0 && tr->lora->mods[i].block < lowest) lowest = tr->lora->mods[i].block;
+    return lowest;
+}
+
 sd3_status trainer_forward(trainer *tr, const float *x, int B, int H, int W, const float *ctx, int S,
                            const float *pooled, const float *timestep, float *out, sd3_err *err) {
     const mmdit_model *m = tr->m;
@@ -480,7 +490,10 @@ sd3_status trainer_forward(trainer *tr, const float *x, int B, int H, int W, con
     k_silu(tr->stemb, tr->temb, (size_t)B * C);
     tlin(tr, tr->cin[0], ctx, &m->context_embedder, B * S, C, cfg->joint_attention_dim, 0);
 
-    for (int i = 0; i < tr->L; i++) TRY(block_forward(tr, i, &tr->acts[tr->checkpointing ? 0 : i], err));
+    int lowest = lowest_block(tr);
+    for (int i = 0; i < tr->L; i++)
+        TRY(block_forward(tr, i, &tr->acts[tr->checkpointing ? 0 : i],
+                          i >= lowest && (!tr->checkpointing || i == tr->L - 1), err));
 
     tlin(tr, tr->modo, tr->stemb, &m->norm_out_linear, B, 2 * C, C, 0);
     k_layernorm(tr->lno, tr->xin[tr->L], NULL, NULL, B * Tx, C, MMDIT_EPS);
@@ -506,9 +519,7 @@ sd3_status trainer_backward(trainer *tr, const float *d_out, sd3_err *err) {
     SD3_ASSERT(tr->mem && d_out);
     const int B = tr->B, H = tr->H, W = tr->W, C = tr->C, Tx = tr->Tx, Pout = tr->Pout;
     const int p = m->cfg.patch_size, Cout = m->cfg.out_channels, w = W / p, h = H / p;
-    int lowest = tr->L;
-    for (int i = 0; i < tr->lora->n; i++)
-        if (tr->lora->mods[i].block >= 0 && tr->lora->mods[i].block < lowest) lowest = tr->lora->mods[i].block;
+    const int lowest = lowest_block(tr);
     if (lowest == tr->L) return SD3_OK; /* nothing trainable */
     /* Unpatchify backward: a permutation. */
     for (int b = 0; b < B; b++)
@@ -534,7 +545,7 @@ sd3_status trainer_backward(trainer *tr, const float *d_out, sd3_err *err) {
     for (int i = tr->L - 1; i >= lowest; i--) {
         train_block_acts *a = &tr->acts[tr->checkpointing ? 0 : i];
         /* the slot still holds the last block's activations from the forward pass: no recompute there */
-        if (tr->checkpointing && i != tr->L - 1) TRY(block_forward(tr, i, a, err));
+        if (tr->checkpointing && i != tr->L - 1) TRY(block_forward(tr, i, a, 1, err));
         TRY(block_backward(tr, i, a, i > lowest, err));
     }
     return SD3_OK;
