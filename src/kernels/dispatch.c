@@ -6,6 +6,7 @@
 #include <string.h>
 #include "kernels/kernels.h"
 #include "kernels/cpu/kcpu.h"
+#include "kernels/kernels_q.h"
 
 /* ================================================================================================ */
 /* Variant selection                                                                                */
@@ -62,6 +63,7 @@ static void linear_task(void *a, int t, int thread) {
 
 /* Public entry points: the fast table when there is one, else the ref (split over rows for linear). */
 void k_linear(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K) {
+    if (W->dt == DT_Q8 || W->dt == DT_Q4) { k_linear_q(y, x, W, b, M, N, K); return; }  /* kernels_q.h */
     const kc_isa *isa = pick();
     if (isa) { kc_linear(isa, use_bf16(isa), y, x, W, b, M, N, K); return; }
     int nt = pool_threads();
