@@ -1,6 +1,6 @@
 #!/bin/sh
 # leakcheck.sh — the sd3 CLI's main paths under valgrind (memcheck, --leak-check=full): txt2img with CFG,
-# --save-latents and --latents, img2img, batch, no-T5, `sd3 info`, and error paths (bad model folder,
+# --save-latents and --latents, img2img, batch, no-T5, `sd3 info`, and error paths (bad model folder, a full disk,
 # damaged weights, bad init image, bad flags). A path fails on any invalid read/write, use of
 # uninitialised memory, or a definitely/indirectly/possibly lost block (memory still reachable at exit()
 # after a fatal error is not a leak); each case also checks the exit status it should have.
@@ -19,12 +19,13 @@ command -v valgrind >/dev/null || { echo "leakcheck: valgrind not installed"; ex
 T=$(mktemp -d /tmp/sd3c_leak_XXXXXX)
 trap 'rm -rf "$T"' EXIT
 pass=0 fail=0
+WRAP=
 
 # case NAME WANT_RC ARGS... : WANT_RC is 0 (must succeed) or x (must fail, non-zero)
 case_() {
     name=$1 want=$2
     shift 2
-    valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=99 \
+    $WRAP valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=99 \
         --log-file="$T/vg.log" "$SD3" "$@" > "$T/out.log" 2>&1
     rc=$?
     ok=1
@@ -64,5 +65,19 @@ case_ "error: bad init image"           x generate $G -p x --init-img "$T/bad.pn
 case_ "error: bad latents file"         x generate $G -p x --latents "$T/bad.png" -o "$T/j.png"
 case_ "error: bad flag"                 x generate $G -p x --steps 0
 case_ "error: info on a non-PNG"        x info "$T/bad.png"
+# a full disk (RLIMIT_FSIZE 4 KB with SIGXFSZ ignored, so writes fail with EFBIG): the error paths of
+# the PNG and latents writers
+if command -v python3 >/dev/null; then
+    cat > "$T/fsize.py" <<'PY'
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+os.execvp(sys.argv[1], sys.argv[1:])
+PY
+    WRAP="python3 $T/fsize.py"
+    case_ "error: disk full writing the PNG"     x generate $G -p x --steps 1 -o "$T/k.png"
+    case_ "error: disk full writing the latents" x generate $G -p x --steps 1 --save-latents "$T/l.safetensors" -o "$T/l.png"
+    WRAP=
+fi
 echo "leakcheck: $pass passed, $fail failed"
 [ $fail = 0 ]
