@@ -19,7 +19,7 @@ static void gemm_tune(void) {
     static int done = 0;
     if (done) return;
     const char *e = getenv("SD3_GEMM_KC");
-    if (e && atoi(e) >= 16 && atoi(e) <= KC_MAX) KC_BLOCK = atoi(e) & ~1; /* even: bf16 pairs never straddle blocks */
+    if (e && atoi(e) >= 16 && atoi(e) <= KC_MAX) KC_BLOCK = atoi(e) & ~15; /* multiple of 16: aligned blocks, bf16 pairs never straddle */
     e = getenv("SD3_GEMM_NC");
     if (e && atoi(e) >= 16) NC_BLOCK = atoi(e);
     done = 1;
@@ -245,9 +245,13 @@ void kc_gemm_run(const kc_isa *isa, const kc_gemm *g) {
     gemm_tune();
     int nt = pool_threads();
     int MR = isa->MR, NR = isa->NR;
-    gemm_job j = {.isa = isa, .g = g, .KCb = KC_BLOCK};
+    int KCb = (g->K + 15) / 16 * 16;             /* a multiple of 16 (keeps every packed block 64-byte aligned) */
+    if (KCb > KC_BLOCK) KCb = KC_BLOCK;          /* and no longer than K needs */
+    if (KCb < 16) KCb = 16;
+    gemm_job j = {.isa = isa, .g = g, .KCb = KCb};
     /* column blocks: NC_BLOCK, shrunk (in NR steps) until there are >= 2 tasks per thread */
     int NC = (NC_BLOCK + NR - 1) / NR * NR;   /* whole slivers: the B block holds NC/NR of them */
+    if (NC > (g->N + NR - 1) / NR * NR) NC = (g->N + NR - 1) / NR * NR;
     while (NC > NR && (g->N + NC - 1) / NC < 2 * nt) NC -= NR;
     j.NC = NC;
     j.n_nblk = (g->N + NC - 1) / NC;
@@ -321,8 +325,34 @@ void kc_linear(const kc_isa *isa, int bf16, float *y, const float *x, const tens
 }
 
 /* Batched F32 matmul: one blocked GEMM per batch item (B packed by rows when transB, else by columns). */
+typedef struct matmul_job { const kc_isa *isa; int bf16; float *C; const float *A, *B; int M, N, K, transB; } matmul_job;
+
+static void matmul_one(const matmul_job *j, int bi);
+
+/* One pool task: one batch item, its GEMM run serially on this thread (nested pool_run). */
+static void matmul_task(void *arg, int bi, int thread) {
+    (void)thread;
+    matmul_one(arg, bi);
+}
+
+/* Batched matmul: items split over the pool when they are many and small, else one threaded GEMM each. */
 void kc_matmul(const kc_isa *isa, int bf16, float *C, const float *A, const float *B, int batch, int M, int N, int K, int transB) {
-    for (int bi = 0; bi < batch; bi++) {
+    matmul_job j = {isa, bf16, C, A, B, M, N, K, transB};
+    /* many small items (attention-sized products): one item per task; else each GEMM splits itself */
+    if (batch >= 2 * pool_threads() && (double)M * N * K < 4e6) {
+        pool_run(batch, matmul_task, &j);
+        return;
+    }
+    for (int bi = 0; bi < batch; bi++) matmul_one(&j, bi);
+}
+
+/* The GEMM of batch item bi. */
+static void matmul_one(const matmul_job *j, int bi) {
+    const kc_isa *isa = j->isa;
+    int M = j->M, N = j->N, K = j->K, transB = j->transB, bf16 = j->bf16;
+    const float *A = j->A, *B = j->B;
+    float *C = j->C;
+    {
         const float *a = A + (int64_t)bi * M * K, *bb = B + (int64_t)bi * K * N;
         kc_rows ar = {.f32 = a, .ld = K}, br = {.f32 = bb, .ld = K};
         kc_cols bc = {.p = bb, .ld = N};
