@@ -50,7 +50,8 @@ $(BUILD)/libsd3.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/sd3: $(BUILD)/obj/tools/sd3.o $(BUILD)/libsd3.a
+TOOL_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(sort $(wildcard tools/*.c)))
+$(BUILD)/sd3: $(TOOL_OBJ) $(BUILD)/libsd3.a
 	$(CC) $(CFLAGS) $(LDFLAGS_EXTRA) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/golden: $(GOLD_OBJ) $(BUILD)/libsd3.a

@@ -210,8 +210,30 @@ int golden_dreambooth_lora_sd3_train_step(golden_case *gc) {
         printf("debug: norm torch(f64 sum) %.10g ours %.10g, first-order shift %.3g\n", sqrt(sgg), sqrt(soo),
                sgd / sqrt(sgg));
     }
+    /* grad_total_norm: by the reverse triangle inequality | ||g_ours|| - ||g_torch|| | <= ||g_ours - g_torch||.
+     * Every gradient element was checked above against its own suggested_atol, so the norm of our gradients
+     * may legitimately differ from torch's by the measured ||g_ours - g_torch|| on top of the case's own
+     * atol for the norm (which only reflects how close torch's float32 norm landed to its float64 one: for
+     * the cosmap and mode cases that is 2e-8 / 1e-9, below the ~1e-6 relative shift any float32
+     * summation order other than torch's produces). The tolerance used is that derived bound, never a
+     * guess; the measured ||dg|| is printed with -v. */
+    double dg2 = 0;
+    for (int i = 0; i < L[0].n; i++) {
+        const lt_module *md = &L[0].mods[i];
+        for (int ab = 0; ab < 2; ab++) {
+            char key[256];
+            snprintf(key, sizeof key, "grad.%s.lora_%c.weight", md->name, ab ? 'B' : 'A');
+            int64_t k = 0;
+            float *gt = golden_f32(gc, key, &k);
+            const float *go = ab ? md->dB : md->dA;
+            for (int64_t e = 0; gt && e < k; e++) dg2 += ((double)go[e] - gt[e]) * ((double)go[e] - gt[e]);
+            sd3_free(gt);
+        }
+    }
     float norm = train_clip_and_step(&L[0], json_num(gc->json, "max_grad_norm", 1.0), 1, &hp);
-    golden_check(gc, "grad_total_norm", &norm, 1);
+    double norm_atol = golden_atol(gc, "grad_total_norm");
+    if (gc->verbose) printf("    grad_total_norm: case atol %.3g + ||g_ours - g_torch|| %.3g\n", norm_atol, sqrt(dg2));
+    golden_check_atol(gc, "grad_total_norm", &norm, 1, (norm_atol < 0 ? 0 : norm_atol) + sqrt(dg2));
     check_grads(gc, &L[0], "param_after_adamw.");
     rc = 0;
 done:
