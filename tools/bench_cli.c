@@ -664,6 +664,7 @@ static int bench_one(bench_opts *o) {
     bench_result r;
     memset(&r, 0, sizeof r);
     k_set_precision(o->bf16);
+    int rss_fresh = rss_reset() == 0;   /* the peak RSS of this benchmark alone (the standard set runs several) */
     double load0 = load_avg();
     const char *c = o->component;
     sd3_status s;
@@ -688,7 +689,7 @@ static int bench_one(bench_opts *o) {
     double full_s = r.flops > 0 ? r.seconds * r.full_flops / r.flops : 0;
     /* GFLOP/s per CPU time given to the threads: what the run would reach with its cores to itself */
     double gflops_cpu = r.cpu_s > 0 ? r.flops / (r.cpu_s / pool_threads()) * 1e-9 : 0;
-    double rss = (double)sd3_peak_rss() / (1024.0 * 1024.0);
+    double rss = rss_fresh ? rss_hwm_mb() : (double)sd3_peak_rss() / (1024.0 * 1024.0);
     if (r.have_stages)
         for (int i = 0; i < 3; i++) rss = r.stage_rss[i] > rss ? r.stage_rss[i] : rss;
     if (strcmp(c, "peak")) {
