@@ -34,6 +34,7 @@ static int use_bf16(const kc_isa *isa) { return g_prec && isa && isa->ukr_bf16 &
 
 /* What k_linear runs for weight dtype dt under the current settings. */
 const char *k_linear_variant(dtype dt) {
+    if (dt == DT_Q8 || dt == DT_Q4) return "k_linear_q (see k_linear_q_variant)";
     const kc_isa *isa = pick();
     if (!isa) return "ref";
     static char buf[4][48];
