@@ -294,7 +294,7 @@ static void fill_randn(float *x, size_t n, uint64_t seed) {
 typedef struct bench_opts {
     syn_arch arch;
     const char *component;
-    int width, height, bf16, threads, runs, warmup, steps, batch, tokens, layers, no_t5, no_peak;
+    int width, height, bf16, threads, runs, warmup, steps, batch, tokens, layers, no_t5, no_peak, breakdown;
     dtype stored;
     double peak_fp32, peak_bf16, peak_fp32_cpu, peak_bf16_cpu;
 } bench_opts;
@@ -352,6 +352,53 @@ static sd3_status run_mmdit(void *p, sd3_err *err) {
                          c->n_skip, c->out, err);
 }
 
+/* Phases of an MMDiT forward, told apart by the forward's hook names (the time since the previous hook
+ * call goes to the phase the new name closes). */
+enum { PH_EMBED, PH_NORM, PH_ATTN, PH_ATTN2, PH_FF_X, PH_FF_C, PH_OUT, PH_COUNT };
+static const char *const PHASE_NAMES[PH_COUNT] = {
+    "embeddings", "adaLN + norms", "joint attention (q/k/v, attention, out)", "MMDiT-X attention (attn2)",
+    "image FF (+ norm2, gates)", "context FF (+ norm2, gates)", "norm_out + proj_out"};
+
+typedef struct phase_watch { double last, t[PH_COUNT]; } phase_watch;
+
+/* Hook: charge the time since the previous call to the phase that `name` ends. */
+static void phase_hook(void *user, const char *name, const float *data, int64_t n) {
+    (void)data;
+    (void)n;
+    phase_watch *w = user;
+    double now = sd3_time();
+    const char *u = strchr(name, '_');
+    int ph = PH_EMBED;
+    if (!strncmp(name, "block", 5) && u) {
+        u++;
+        ph = !strncmp(u, "norm1", 5) ? PH_NORM : !strncmp(u, "attn2", 5) ? PH_ATTN2 : !strncmp(u, "attn", 4) ? PH_ATTN
+             : !strcmp(u, "hidden_out") ? PH_FF_X : PH_FF_C;
+    } else if (!strcmp(name, "norm_out") || !strcmp(name, "proj_out")) {
+        ph = PH_OUT;
+    }
+    w->t[ph] += now - w->last;
+    w->last = now;
+}
+
+/* Analytic FLOPs of each phase of one forward (as flops_mmdit, split). */
+static void phase_flops(const mmdit_config *c, int B, int h, int w, int S, int n_run, double *f) {
+    const double C = (double)c->num_attention_heads * c->attention_head_dim, p = c->patch_size;
+    const double Tx = (double)(h / c->patch_size) * (w / c->patch_size), Tc = S;
+    memset(f, 0, sizeof(double) * PH_COUNT);
+    f[PH_EMBED] = B * (2 * Tx * C * c->in_channels * p * p + 2 * (MMDIT_FREQ_DIM * C + C * C) +
+                       2 * (c->pooled_projection_dim * C + C * C) + 2 * Tc * c->joint_attention_dim * C);
+    for (int i = 0; i < n_run && i < c->num_layers; i++) {
+        int last = i == c->num_layers - 1, dual = mmdit_config_is_dual(c, i);
+        f[PH_NORM] += B * (2 * C * (dual ? 9 : 6) * C + 2 * C * (last ? 2 : 6) * C);
+        f[PH_ATTN] += B * (6 * Tx * C * C + 6 * Tc * C * C + 4 * (Tx + Tc) * (Tx + Tc) * C + 2 * Tx * C * C +
+                           (last ? 0 : 2 * Tc * C * C));
+        if (dual) f[PH_ATTN2] += B * (8 * Tx * C * C + 4 * Tx * Tx * C);
+        f[PH_FF_X] += B * 16 * Tx * C * C;
+        f[PH_FF_C] += last ? 0 : B * 16 * Tc * C * C;
+    }
+    f[PH_OUT] = B * (2 * C * 2 * C + 2 * Tx * C * p * p * c->out_channels);
+}
+
 /* The transformer: load the synthesised folder with mmdit_load_dir, random latents / text / pooled inputs at
  * t = 500, time forwards. */
 static sd3_status bench_mmdit(const bench_opts *o, bench_result *r, sd3_err *err) {
@@ -395,6 +442,24 @@ static sd3_status bench_mmdit(const bench_opts *o, bench_result *r, sd3_err *err
             else if (fabsf(c.out[i]) > mx) mx = fabsf(c.out[i]);
         }
         fprintf(stderr, "bench:   output max |v| %.3g%s\n", mx, bad ? " (NON-FINITE VALUES)" : "");
+    }
+    if (!s && o->breakdown) {
+        phase_watch pw;
+        memset(&pw, 0, sizeof pw);
+        mmdit_hook hk = {phase_hook, &pw};
+        double f[PH_COUNT], peak = o->bf16 ? o->peak_bf16 : o->peak_fp32, t0 = sd3_time(), c0 = cpu_seconds();
+        pw.last = t0;
+        s = mmdit_forward_hooked(&c.m, c.x, c.B, c.h, c.w, c.ctx, c.S, c.pooled, c.t, c.n_skip ? c.skip : NULL, c.n_skip,
+                                 c.out, &hk, err);
+        double total = sd3_time() - t0, cpu = cpu_seconds() - c0;
+        phase_flops(cfg, c.B, c.h, c.w, c.S, n_run, f);
+        printf("breakdown of one more forward (%.3f s, %.3f CPU s):\n", total, cpu);
+        for (int k = 0; k < PH_COUNT; k++) {
+            if (pw.t[k] <= 0 && f[k] <= 0) continue;
+            double g = pw.t[k] > 0 ? f[k] / pw.t[k] * 1e-9 : 0;
+            printf("  %-42s %8.3f s %5.1f%%  %9.1f GFLOP  %7.1f GFLOP/s  %5.1f%% of peak (wall)\n", PHASE_NAMES[k],
+                   pw.t[k], 100 * pw.t[k] / total, f[k] * 1e-9, g, peak > 0 ? 100 * g / peak : 0);
+        }
     }
 done:
     sd3_free(c.x);
@@ -654,6 +719,8 @@ static const char *USAGE =
     "  --dtype bf16|fp16|fp32  stored dtype of the generated weights (default bf16)\n"
     "  --no-t5            without the T5 (zeros, as text_encoder_3=None)\n"
     "  --no-peak          skip the peak microbenchmark\n"
+    "  --breakdown        mmdit: one more forward timed per phase (adaLN/norms, joint attention with its\n"
+    "                     projections, MMDiT-X attention, image FF, context FF, embeddings, output)\n"
     "  --standard         the short standard set (what `make bench` runs), one JSON line each\n"
     "  Weights are generated once into $SD3_BENCH_CACHE (default /tmp/sd3c-bench). The last line is one JSON\n"
     "  object (seconds, flops, gflops, peak_rss_mb, the peaks measured in the same run and the ratios).\n";
@@ -795,6 +862,7 @@ int sd3_cmd_bench(int argc, char **argv) {
         INTOPT("--layers", 1, 1000, o.layers)
         else if (!strcmp(a, "--no-t5")) o.no_t5 = 1;
         else if (!strcmp(a, "--no-peak")) o.no_peak = 1;
+        else if (!strcmp(a, "--breakdown")) o.breakdown = 1;
         else if (!strcmp(a, "--standard")) standard = 1;
         else { fprintf(stderr, "sd3 bench: error: unknown option '%s'\n", a); fputs(USAGE, stderr); return 2; }
 #undef INTOPT
