@@ -4,19 +4,26 @@
  * I64, ...; no dims = a scalar); the target writes them as a safetensors file (values from a fixed hash,
  * small, with the odd NaN when the key asks for it with "nan"), then lora_open, lora_count, lora_attach
  * (strict and lenient), and for an accepted file a forward pass with the adapters, lora_fuse, a forward,
- * lora_unfuse and lora_detach_all. Structured input keeps the fuzzer on the key grammar instead of the
+ * lora_unfuse and lora_detach_all; then the CLIP-L modules through lora_clip_fuse / lora_clip_unfuse on the
+ * tiny text encoder. Structured input keeps the fuzzer on the key grammar instead of the
  * safetensors header (fuzz_safetensors covers that).
  */
 #include <math.h>
 #include "fuzz_common.h"
 #include "io/safetensors.h"
+#include "io/json_util.h"
+#include "io/weights.h"
 #include "lora/lora.h"
+#include "lora/lora_clip.h"
 #include "mmdit/mmdit.h"
+#include "text/clip.h"
 
 #define MAX_T 64
 #define MAX_NUMEL 65536
 
 static mmdit_model model;
+static clip_model clip_l;
+static weights clip_w;
 static float *x, *ctx, *pooled, *outb;
 static float tstep[1] = {500.0f};
 
@@ -26,6 +33,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     sd3_err err = {0};
     snprintf(dir, sizeof dir, "%s/tiny-sd3/transformer", fz_golden());
     if (mmdit_load_dir(&model, dir, &err) != SD3_OK) { fprintf(stderr, "%s\n", err.msg); abort(); }
+    snprintf(dir, sizeof dir, "%s/tiny-sd3/text_encoder", fz_golden());
+    char cfgp[1100];
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
+    cJSON *cfg = json_load_file(cfgp, &err);
+    if (!cfg || weights_open_dir(&clip_w, dir, "model", &err) != SD3_OK || clip_load(&clip_l, &clip_w, cfg, "text_encoder", &err) != SD3_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        abort();
+    }
+    cJSON_Delete(cfg);
     x = calloc(16 * 4 * 4, sizeof *x);
     ctx = calloc(4 * 96, sizeof *ctx);
     pooled = calloc(80, sizeof *pooled);
@@ -121,6 +137,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         lora_unfuse(&model);
         lora_detach_all(&model);
         break;
+    }
+    /* the CLIP-L modules of the same file, fused into the tiny text encoder and taken out again */
+    for (int lenient = 0; lenient < 2; lenient++) {
+        lora_clip_state *cs = NULL;
+        memset(&err, 0, sizeof err);
+        st = lora_clip_fuse(&clip_l, LORA_TARGET_CLIP_L, f, 0.7f, lenient, &cs, &err);
+        fz_check_err(st, &err, "lora_clip_fuse");
+        lora_clip_unfuse(&clip_l, &cs);
+        if (st == SD3_OK) break;
     }
     lora_close(f);
     if (lora_adapter_count(&model, NULL) != 0) abort();
