@@ -70,6 +70,12 @@ typedef enum dtype {
     DT_F8_E4M3,  /* fp8 e4m3fn as in *_t5xxlfp8* checkpoints */
     DT_F8_E5M2,
     DT_Q8_ROW,   /* room for quantised types: int8 with one f32 scale per row (see quantisation issue) */
+    /* Quantised linear weights [N, K] (src/quant/quant.h has the full rules). Symmetric, scale per block of
+     * qblock consecutive K-elements of a row, s = max|w| / qmax over the block (0 for an all-zero block),
+     * q = round-half-to-even(w / s) (IEEE nearbyint), w ~ s q. qscale points to N x (K / qblock) f32 scales. */
+    DT_Q8,       /* int8 q in [-127, 127], one byte per element; qblock = K means one scale per row */
+    DT_Q4,       /* int4 q in [-8, 7] (|q| <= 7 from the rounding), blocks of qblock = 32: 16 bytes per block,
+                    byte j holds (q_j + 8) in its low nibble and (q_{j+16} + 8) in its high nibble */
     DT_COUNT
 } dtype;
 
@@ -90,6 +96,10 @@ typedef struct tensor {
     int64_t shape[TENSOR_MAX_DIMS];
     void *data;
     int owned;
+    /* Quantised dtypes only (DT_Q8 / DT_Q4): the f32 scales [N, K / qblock] (inside `data`'s allocation when
+     * owned, else borrowed like data) and the block length along K. NULL / 0 for every other dtype. */
+    const float *qscale;
+    int qblock;
 } tensor;
 
 int64_t tensor_numel(const tensor *t);

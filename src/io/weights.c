@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include "io/json_util.h"
 #include "io/weights.h"
+#include "quant/quant.h"
 
 /* A regular file (following symlinks, as the Hugging Face cache's snapshot entries are). */
 static int file_exists(const char *p) {
@@ -169,6 +170,9 @@ sd3_status weights_get(const weights *w, const char *key, tensor *out, sd3_err *
     const st_file *f;
     const st_entry *e = weights_find(w, key, &f);
     if (!e) return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: tensor '%s%s' is missing", w->label, w->prefix, key);
+    int is_quant = 0;   /* a stored quantised pair <key> + <key>.qscale is one DT_Q8/DT_Q4 tensor (quant.h) */
+    sd3_status s = quant_bind(f, e, out, &is_quant, err);
+    if (s != SD3_OK || is_quant) return s;
     return st_entry_tensor(f, e, out, err);
 }
 

@@ -12,6 +12,7 @@
 #include <string.h>
 #include "io/json_util.h"
 #include "mmdit/mmdit.h"
+#include "quant/quant.h"
 
 /* ================================================================================================ */
 /* Config                                                                                           */
@@ -258,6 +259,7 @@ typedef struct loader {
 /* Float dtypes the kernels take for weights (quantised types come later). */
 static sd3_status check_dtype(const loader *ld, const char *key, const tensor *t) {
     if (t->dt == DT_F32 || t->dt == DT_F16 || t->dt == DT_BF16) return SD3_OK;
+    if ((t->dt == DT_Q8 || t->dt == DT_Q4) && t->ndim == 2) return SD3_OK;   /* quantised Linear (quant.h) */
     return sd3_errf(ld->err, SD3_ERR_SHAPE, "%s: tensor '%s%s' has dtype %s (F32, F16 or BF16 expected)", ld->w.label,
                     ld->w.prefix, key, dtype_name(t->dt));
 }
@@ -273,6 +275,15 @@ static sd3_status get_tensor(loader *ld, const char *key, int part, int swap, in
     sd3_status s = weights_get_shape(&ld->w, key, &t, ld->err, ndim, e[0], e[1], e[2], e[3]);
     if (s != SD3_OK) return s;
     if ((s = check_dtype(ld, key, &t)) != SD3_OK) return s;
+    if (t.dt == DT_Q8 || t.dt == DT_Q4) {   /* rows of a quantised Linear: codes and scales move together */
+        if (part >= 0) quant_row_view(&t, part * d[0], d[0]);
+        if (swap && (s = quant_swap_halves(&t, ld->err)) != SD3_OK) {
+            sd3_err_prefix(ld->err, "%s: tensor '%s%s'", ld->w.label, ld->w.prefix, key);
+            return s;
+        }
+        *out = t;
+        return SD3_OK;
+    }
     size_t row_bytes = dtype_size(t.dt);
     for (int i = 1; i < ndim; i++) row_bytes *= (size_t)t.shape[i];
     if (part >= 0) {
