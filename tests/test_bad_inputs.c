@@ -790,6 +790,20 @@ static void test_parameters(void) {
     expect_clean_failure("--steps without a value", "--steps");
     GEN(tiny, "-p", "\xff\xfe not utf-8");
     expect_clean_failure("prompt not UTF-8", "UTF-8");
+    /* long prompts are legal (CLIP truncates to 77 tokens, T5 to --max-sequence-length): one 120,000-byte
+     * word and 40,000 CJK characters must go through without a crash or a quadratic blow-up */
+    {
+        char *big = malloc(130000);
+        memset(big, 'x', 120000);
+        big[120000] = 0;
+        GEN(tiny, "-p", big);
+        CHECK(expect_no_crash("one 120,000-byte word") && R.rc == 0, "long word: %s", R.out);
+        for (int i = 0; i < 40000; i++) memcpy(big + 3 * i, "\xe4\xb8\x80", 3);
+        big[120000] = 0;
+        GEN(tiny, "-p", big);
+        CHECK(expect_no_crash("40,000 CJK characters") && R.rc == 0, "CJK prompt: %s", R.out);
+        free(big);
+    }
     /* a prompt file over the 1 MB limit */
     char f[1200];
     snprintf(f, sizeof f, "%s/big_prompt.txt", tmpdir);
