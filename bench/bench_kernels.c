@@ -98,6 +98,31 @@ static double measure_peak(int kind) {
     return best;
 }
 
+static int g_peak_kind32 = -1, g_peak_kind16 = -1;   /* which chain measures each peak (-1: none) */
+static double g_pk_min = 1e30, g_pk_max = 0;          /* range of the fp32 peaks seen during the run */
+
+/* A quick fp32 (or bf16) peak taken right before a measurement, so that each ratio compares against the
+ * machine as it was at that moment (other processes may come and go); also tracks the spread. */
+static double peak_now(int bf16) {
+    int kind = bf16 ? g_peak_kind16 : g_peak_kind32;
+    if (kind < 0) kind = g_peak_kind32;
+    if (kind < 0) return 1;
+    int nt = pool_threads();
+    peak_job j = {.iters = PEAK_ITERS / (g_quick ? 40 : 16), .kind = kind};
+    double flops_per_iter = kind == 0 ? 16 * 32 : kind == 1 ? 12 * 16 : 16 * 64, best = 0;
+    for (int r = 0; r < 2; r++) {
+        double t0 = sd3_time();
+        pool_run(nt, peak_task, &j);
+        double g = flops_per_iter * (double)j.iters * nt / (sd3_time() - t0) * 1e-9;
+        if (g > best) best = g;
+    }
+    if (kind == g_peak_kind32) {
+        if (best < g_pk_min) g_pk_min = best;
+        if (best > g_pk_max) g_pk_max = best;
+    }
+    return best;
+}
+
 /* ================================================================================================ */
 /* Kernels                                                                                          */
 /* ================================================================================================ */
@@ -191,9 +216,10 @@ int main(int argc, char **argv) {
     int nt = pool_threads();
     double peak32 = 0, peak16 = 0;
 #ifdef HAVE_X86
-    if (f->avx512f) peak32 = measure_peak(0);
-    else if (f->avx2 && f->fma) peak32 = measure_peak(1);
-    if (f->avx512_bf16) peak16 = measure_peak(2);
+    if (f->avx512f) peak32 = measure_peak(g_peak_kind32 = 0);
+    else if (f->avx2 && f->fma) peak32 = measure_peak(g_peak_kind32 = 1);
+    if (f->avx512_bf16) peak16 = measure_peak(g_peak_kind16 = 2);
+    g_pk_min = g_pk_max = peak32;
 #endif
     printf("threads %d | linear variants: F32 %s, F16 %s, BF16 %s | attention %s\n", nt, k_linear_variant(DT_F32),
            k_linear_variant(DT_F16), k_linear_variant(DT_BF16), k_attention_variant());
@@ -205,7 +231,7 @@ int main(int argc, char **argv) {
     int Ms[2] = {2048, 666};
     dtype dts[3] = {DT_F32, DT_F16, DT_BF16};
     double json_gemm[4][2][3];   /* [dtype (3 = bf16 mode)][M][shape] GFLOP/s */
-    double json_adaln[4];
+    double json_adaln[4], json_ratio[4][2][3];
     memset(json_gemm, 0, sizeof json_gemm);
     for (int d = 0; d < 4; d++) {
         dtype dt = dts[d < 3 ? d : 2];
@@ -213,12 +239,13 @@ int main(int argc, char **argv) {
             if (!f->avx512_bf16) break;
             k_set_precision(1);
         }
-        double ref_peak = d == 3 ? (peak16 > 0 ? peak16 : peak32) : peak32;
         for (int mi = 0; mi < 2; mi++)
             for (int s = 0; s < 3; s++) {
                 int M = Ms[mi], N = shapes[s].N, K = shapes[s].K;
+                double ref_peak = peak_now(d == 3);
                 double t = time_linear(M, N, K, dt, reps), g = 2.0 * M * N * K / t * 1e-9;
                 json_gemm[d][mi][s] = g;
+                json_ratio[d][mi][s] = g / ref_peak;
                 printf("linear %-4s M=%4d N=%4d K=%4d W=%-4s%s %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", shapes[s].name, M, N, K,
                        dtype_name(dt), d == 3 ? " bf16-mode" : "", t * 1e3, g, g / ref_peak);
             }
@@ -230,14 +257,17 @@ int main(int argc, char **argv) {
     }
 
     int B = 2, H = 24, T = 1357, D = 64;
+    double pa = peak_now(0);
     double ta = time_attention(B, H, T, D, g_quick ? 1 : 2), ga = 4.0 * B * H * (double)T * T * D / ta * 1e-9;
-    printf("attention B=%d H=%d T=%d D=%d: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", B, H, T, D, ta * 1e3, ga, ga / peak32);
+    printf("attention B=%d H=%d T=%d D=%d: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", B, H, T, D, ta * 1e3, ga, ga / pa);
 
     double cflops;
+    double pc = peak_now(0);
     double tc = time_conv(256, 64, DT_F32, g_quick ? 1 : 2, &cflops), gc = cflops / tc * 1e-9;
-    printf("conv2d 3x3 256->256 64x64 W=F32: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", tc * 1e3, gc, gc / peak32);
+    printf("conv2d 3x3 256->256 64x64 W=F32: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", tc * 1e3, gc, gc / pc);
+    double pc16 = peak_now(0);
     double tc16 = time_conv(256, 64, DT_F16, g_quick ? 1 : 2, &cflops), gc16 = cflops / tc16 * 1e-9;
-    printf("conv2d 3x3 256->256 64x64 W=F16: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", tc16 * 1e3, gc16, gc16 / peak32);
+    printf("conv2d 3x3 256->256 64x64 W=F16: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", tc16 * 1e3, gc16, gc16 / pc16);
 
     /* row ops at MMDiT sizes (memory-bound: reported as GB/s of input + output) */
     {
@@ -267,24 +297,21 @@ int main(int argc, char **argv) {
         sd3_free(x); sd3_free(y); sd3_free(sh); sd3_free(sc); tensor_free(&w); tensor_free(&b);
     }
 
-    /* the peak again: if it moved, other processes shared the cores during the run */
-    double peak32_end = 0;
-#ifdef HAVE_X86
-    if (f->avx512f) peak32_end = measure_peak(0);
-    else if (f->avx2 && f->fma) peak32_end = measure_peak(1);
-#endif
-    int stable = peak32_end > 0.9 * peak32 && peak32_end < 1.1 * peak32;
-    printf("peak fp32 again at the end: %.1f GFLOP/s -> %s\n", peak32_end,
-           stable ? "machine steady, ratios meaningful" : "UNSTABLE: other processes used the cores, ratios unreliable");
+    /* the spread of the peaks taken before each measurement: if it is wide, other processes shared the
+     * cores during the run and every number (each ratio uses the peak of its moment) is approximate */
+    (void)peak_now(0);
+    int stable = g_pk_max < 1.15 * g_pk_min;
+    printf("fp32 peak over the run: %.1f .. %.1f GFLOP/s -> %s\n", g_pk_min, g_pk_max,
+           stable ? "machine steady, ratios meaningful" : "UNSTEADY: other processes used the cores, ratios approximate");
     printf("bench_kernels took %.1f s\n", sd3_time() - t_start);
     printf("{\"bench\":\"kernels\",\"threads\":%d,\"peak_fp32_gflops\":%.1f,\"peak_bf16_gflops\":%.1f,"
            "\"gemm_f32_m2048\":{\"qkvo\":%.1f,\"fc1\":%.1f,\"fc2\":%.1f},\"gemm_f32_m666\":{\"qkvo\":%.1f,\"fc1\":%.1f,\"fc2\":%.1f},"
            "\"gemm_f16w_m2048_fc1\":%.1f,\"gemm_bf16w_m2048_fc1\":%.1f,\"gemm_bf16mode_m2048_fc1\":%.1f,"
            "\"adaln_m2_gflops\":{\"f32\":%.1f,\"f16\":%.1f,\"bf16\":%.1f},"
            "\"attention_gflops\":%.1f,\"attention_ms\":%.2f,\"conv3x3_gflops\":%.1f,"
-           "\"gemm_f32_fc1_of_peak\":%.3f,\"attention_of_peak\":%.3f,\"peak_fp32_end_gflops\":%.1f,\"steady\":%s}\n",
+           "\"gemm_f32_fc1_of_peak\":%.3f,\"attention_of_peak\":%.3f,\"peak_fp32_min_gflops\":%.1f,\"steady\":%s}\n",
            nt, peak32, peak16, json_gemm[0][0][0], json_gemm[0][0][1], json_gemm[0][0][2], json_gemm[0][1][0],
            json_gemm[0][1][1], json_gemm[0][1][2], json_gemm[1][0][1], json_gemm[2][0][1], json_gemm[3][0][1], json_adaln[0],
-           json_adaln[1], json_adaln[2], ga, ta * 1e3, gc, json_gemm[0][0][1] / peak32, ga / peak32, peak32_end, stable ? "true" : "false");
+           json_adaln[1], json_adaln[2], ga, ta * 1e3, gc, json_ratio[0][0][1], ga / pa, g_pk_min, stable ? "true" : "false");
     return 0;
 }
