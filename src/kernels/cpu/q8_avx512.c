@@ -11,8 +11,9 @@
  *  - M > SMALL_M: W is repacked per call into 32-column panels [K/4][32][4] (Q4 codes widened to s8 on the
  *    way) with, per block, the 32 corrections and the 32 scales; a 12x32 (per-row scales) or 6x32 (block
  *    scales) microkernel broadcasts 4 activation bytes per row and runs 2 vpdpbusd per row and k-quad.
- *  - M <= SMALL_M with per-row scales (the adaLN and embedding linears run with M = batch): no packing, each
- *    output is a dot product of two contiguous rows, 64 bytes per vpdpbusd, reduced once per output.
+ *  - M <= SMALL_M (the adaLN and embedding linears run with M = batch) with per-row scales or blocks of 32:
+ *    no packing, each output is a dot product of two contiguous rows, 64 bytes per vpdpbusd, reduced once
+ *    per output (per-row) or once per block (two blocks per vpdpbusd).
  */
 #include <math.h>
 #include <string.h>
@@ -23,7 +24,7 @@
 
 #define SMALL_M 4
 #define PANEL 32
-#define MB 96      /* rows per task (a multiple of both microkernel heights) */
+#define MB_MAX 96  /* rows per task at most (a multiple of both microkernel heights) */
 #define PG 4       /* panels per task */
 
 typedef struct qjob {
@@ -39,6 +40,7 @@ typedef struct qjob {
     int8_t *P;             /* packed panels */
     size_t panel_bytes;
     int npanel, ntm, ntp;  /* panels, row chunks, panel groups */
+    int mb;                /* rows per task: a multiple of 12 with mb x Kp <= 256 KiB (stays in L2 with a panel) */
 } qjob;
 
 /* ---- activations: per-row quantisation (the exact rule of k_quant_act_row_ref), rows split over the pool */
@@ -85,39 +87,84 @@ static void quant_rows_task(void *arg, int t, int thread) {
 }
 
 /* ---- packing: panel p = columns [32p, 32p + 32): codes [Kp/4][32][4], then int32 corr[nb][32]
- * (-128 x block sum of codes), then f32 scale[nb][32]; columns past N are zero. */
+ * (-128 x block sum of codes), then f32 scale[nb][32]; columns past N are zero. Sixteen rows at a time:
+ * 64 codes of each (one zmm, Q4 nibbles widened to s8 in element order), a 16 x 16 transpose of 32-bit
+ * quads, and one vpdpbusd with ones per quad for the column sums. */
+
+/* Transpose 16 x 16 int32: r[i] lane e -> r[e] lane i. */
+static inline void tr16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* r[4i + j], 128-bit lane L: element 4L + j of rows 4i..4i+3 */
+    __m512i o[16];
+    for (int j = 0; j < 4; j++) {
+        __m512i u0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44), u1 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
+        __m512i u2 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xEE), u3 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xEE);
+        o[j] = _mm512_shuffle_i32x4(u0, u1, 0x88);
+        o[4 + j] = _mm512_shuffle_i32x4(u0, u1, 0xDD);
+        o[8 + j] = _mm512_shuffle_i32x4(u2, u3, 0x88);
+        o[12 + j] = _mm512_shuffle_i32x4(u2, u3, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) r[i] = o[i];
+}
+
+/* Codes [k0, k0 + 64) of row n as 64 signed bytes (zero past K). */
+static inline __m512i load_codes64(const tensor *W, int64_t n, int K, int k0) {
+    int left = K - k0;
+    if (W->dt == DT_Q8) {
+        __mmask64 m = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+        return _mm512_maskz_loadu_epi8(m, (const int8_t *)W->data + n * K + k0);
+    }
+    int nbytes = left >= 64 ? 32 : left / 2;   /* K % 32 == 0: 32 or 16 bytes */
+    __m256i x = _mm256_maskz_loadu_epi8(nbytes == 32 ? 0xffffffffu : 0xffffu, (const uint8_t *)W->data + n * (K / 2) + k0 / 2);
+    __m256i m15 = _mm256_set1_epi8(15);
+    __m256i lo = _mm256_and_si256(x, m15), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m15);
+    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);        /* [lo.l0 lo.l1 hi.l0 hi.l1] */
+    z = _mm512_shuffle_i64x2(z, z, 0xD8);                                      /* [lo.l0 hi.l0 lo.l1 hi.l1] */
+    return _mm512_sub_epi8(z, _mm512_set1_epi8(8));
+}
+
 static void pack_task(void *arg, int p, int thread) {
     (void)thread;
     qjob *j = arg;
     int8_t *dst = j->P + (size_t)p * j->panel_bytes;
     int32_t *corr = (int32_t *)(dst + (size_t)j->Kp * PANEL);
     float *scl = (float *)(corr + (size_t)j->nb * PANEL);
-    memset(dst, 0, j->panel_bytes);
-    int K = j->K, nsb = j->W->qblock > 0 ? K / j->W->qblock : 1;
-    for (int c = 0; c < PANEL; c++) {
-        int64_t n = (int64_t)p * PANEL + c;
-        if (n >= j->N) break;
-        if (j->W->dt == DT_Q8) {
-            const int8_t *row = (const int8_t *)j->W->data + n * K;
-            for (int k = 0; k < K; k++) {
-                dst[((k >> 2) * PANEL + c) * 4 + (k & 3)] = row[k];
-                corr[(k / j->qb) * PANEL + c] -= 128 * row[k];
+    const int K = j->K, Kq = j->Kp / 4, qq = j->qb / 4, nsb = K / j->W->qblock;
+    const __m512i ones = _mm512_set1_epi8(1), m128 = _mm512_set1_epi32(-128);
+    __m512i csum[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int k0 = 0; k0 < K; k0 += 64) {
+        for (int h = 0; h < 2; h++) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) {
+                int64_t n = (int64_t)p * PANEL + 16 * h + i;
+                r[i] = n < j->N ? load_codes64(j->W, n, K, k0) : _mm512_setzero_si512();
             }
-        } else {
-            const uint8_t *row = (const uint8_t *)j->W->data + n * (K / 2);
-            for (int k0 = 0; k0 < K; k0 += 32) {
-                const uint8_t *blk = row + k0 / 2;
-                int s = 0;
-                for (int i = 0; i < 16; i++) {
-                    int lo = (blk[i] & 15) - 8, hi = (blk[i] >> 4) - 8, klo = k0 + i, khi = k0 + 16 + i;
-                    dst[((klo >> 2) * PANEL + c) * 4 + (klo & 3)] = (int8_t)lo;
-                    dst[((khi >> 2) * PANEL + c) * 4 + (khi & 3)] = (int8_t)hi;
-                    s += lo + hi;
+            tr16(r);
+            for (int q = 0; q < 16; q++) {
+                int gq = k0 / 4 + q;
+                if (gq >= Kq) break;
+                _mm512_store_si512(dst + ((size_t)gq * PANEL + 16 * h) * 4, r[q]);
+                csum[h] = _mm512_dpbusd_epi32(csum[h], ones, r[q]);
+                if ((gq + 1) % qq == 0) {
+                    _mm512_store_si512(corr + (gq / qq) * PANEL + 16 * h, _mm512_mullo_epi32(csum[h], m128));
+                    csum[h] = _mm512_setzero_si512();
                 }
-                corr[(k0 / 32) * PANEL + c] = -128 * s;
             }
         }
-        for (int b = 0; b < j->nb; b++) scl[b * PANEL + c] = j->W->qscale[n * nsb + b];
+    }
+    for (int c = 0; c < PANEL; c++) {
+        int64_t n = (int64_t)p * PANEL + c;
+        for (int b = 0; b < j->nb; b++) scl[b * PANEL + c] = n < j->N ? j->W->qscale[n * nsb + b] : 0.0f;
     }
 }
 
@@ -143,7 +190,8 @@ static inline __m512i bcast4(const uint8_t *a, int q) {
     return _mm512_set1_epi32(v);
 }
 
-/* Microkernel: rows [0, mr) of A (stride lda) times one packed panel, MR x 32 outputs. */
+/* Microkernel: rows [0, mr) of A (stride lda) times one packed panel, MR x 32 outputs. Per-row scales
+ * (blocked = 0): one block, the int32 sums are scaled once at the end. */
 static inline __attribute__((always_inline)) void ukr(const int MR, const int blocked, int mr, int nr, const qjob *j,
                                                       const uint8_t *A, const int8_t *P, const float *sa,
                                                       const float *bias, float *y) {
@@ -155,8 +203,9 @@ static inline __attribute__((always_inline)) void ukr(const int MR, const int bl
     for (int r = 0; r < MR; r++) ar[r] = A + (r < mr ? r : 0) * lda;
     __m512 f0[12], f1[12];
     __m512i i0[12], i1[12];
-    for (int r = 0; r < MR; r++) f0[r] = f1[r] = _mm512_setzero_ps();
-    for (int b = 0; b < j->nb; b++) {
+    if (blocked)
+        for (int r = 0; r < MR; r++) f0[r] = f1[r] = _mm512_setzero_ps();
+    for (int b = 0; b < (blocked ? j->nb : 1); b++) {
         __m512i c0 = _mm512_load_si512(corr + b * PANEL), c1 = _mm512_load_si512(corr + b * PANEL + 16);
 #pragma GCC unroll 12
         for (int r = 0; r < MR; r++) i0[r] = c0, i1[r] = c1;
@@ -188,20 +237,20 @@ static inline __attribute__((always_inline)) void ukr(const int MR, const int bl
 
 static void ukr_row(int mr, int nr, const qjob *j, const uint8_t *A, const int8_t *P, const float *sa, const float *bias,
                     float *y) {
-    ukr(12, 0, mr, nr, j, A, P, sa, bias, y);
+    ukr(8, 0, mr, nr, j, A, P, sa, bias, y);
 }
 static void ukr_blk(int mr, int nr, const qjob *j, const uint8_t *A, const int8_t *P, const float *sa, const float *bias,
                     float *y) {
     ukr(6, 1, mr, nr, j, A, P, sa, bias, y);
 }
 
-/* One task: rows [MB tm, MB tm + MB) x panels [PG tp, PG tp + PG). */
+/* One task: rows [mb tm, mb tm + mb) x panels [PG tp, PG tp + PG). */
 static void gemm_task(void *arg, int t, int thread) {
     (void)thread;
     const qjob *j = arg;
     int tm = t % j->ntm, tp = t / j->ntm;
-    int m0 = tm * MB, m1 = m0 + MB < j->M ? m0 + MB : j->M;
-    int mrx = j->blocked ? 6 : 12;
+    int m0 = tm * j->mb, m1 = m0 + j->mb < j->M ? m0 + j->mb : j->M;
+    int mrx = j->blocked ? 6 : 8;
     for (int p = tp * PG; p < (tp + 1) * PG && p < j->npanel; p++) {
         int n0 = p * PANEL, nr = j->N - n0 < PANEL ? j->N - n0 : PANEL;
         const int8_t *P = j->P + (size_t)p * j->panel_bytes;
@@ -246,6 +295,36 @@ static void small_task(void *arg, int t, int thread) {
     }
 }
 
+/* ---- small M, blocks of 32 codes (Q4, or Q8 with qblock 32): 64 codes = two blocks per vpdpbusd, the two
+ * 8-lane halves reduced to one sum per block, then the float steps in block order. */
+static void small_blk_task(void *arg, int t, int thread) {
+    (void)thread;
+    const small_job *s = arg;
+    const qjob *j = s->j;
+    int n0 = t * s->chunk, n1 = n0 + s->chunk < j->N ? n0 + s->chunk : j->N, K = j->K, nb = K / 32;
+    const __m512i k128 = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+    for (int n = n0; n < n1; n++) {
+        float acc[SMALL_M] = {0};
+        for (int k0 = 0; k0 < K; k0 += 64) {
+            __m512i w = load_codes64(j->W, n, K, k0);
+            int two = K - k0 >= 64;
+            __m512i corr = _mm512_dpbusd_epi32(zero, k128, w);   /* 128 x (sum of each lane's 4 codes) */
+            const float *sc = j->W->qscale + (int64_t)n * nb + k0 / 32;
+            __mmask64 mk = two ? ~(__mmask64)0 : (__mmask64)0xffffffffu;
+            for (int m = 0; m < j->M; m++) {
+                __m512i a = _mm512_maskz_loadu_epi8(mk, j->A + (int64_t)m * j->Kp + k0);
+                __m512i v = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, a, w), corr);
+                __m256i p = _mm256_hadd_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+                p = _mm256_hadd_epi32(p, p);
+                __m128i q = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));   /* [b, b+1, b, b+1] */
+                acc[m] = fmaf((float)_mm_cvtsi128_si32(q), sc[0], acc[m]);
+                if (two) acc[m] = fmaf((float)_mm_extract_epi32(q, 1), sc[1], acc[m]);
+            }
+        }
+        for (int m = 0; m < j->M; m++) j->y[(int64_t)m * j->N + n] = fmaf(acc[m], j->sa[m], j->bias ? j->bias[n] : 0.0f);
+    }
+}
+
 int kq_linear_avx512(float *y, const float *x, const tensor *W, const float *bias, int M, int N, int K) {
     const cpu_features *f = cpu_get();
     if (!f->avx512f || !f->avx512bw || !f->avx512_vnni) return 0;
@@ -265,19 +344,21 @@ int kq_linear_avx512(float *y, const float *x, const tensor *W, const float *bia
     j.sa = sd3_malloc(sizeof(float) * (size_t)M);
     if (!j.A || !j.sa) { sd3_free(j.A); sd3_free(j.sa); return 0; }
     pool_run((M + 15) / 16, quant_rows_task, &j);
-    if (per_row && M <= SMALL_M) {
+    if (M <= SMALL_M && (per_row || qblock == 32)) {
         small_job s = {&j, 0};
         int nt = pool_threads() * 4;
         s.chunk = (N + nt - 1) / nt;
         if (s.chunk < 8) s.chunk = 8;
-        pool_run((N + s.chunk - 1) / s.chunk, small_task, &s);
+        pool_run((N + s.chunk - 1) / s.chunk, per_row ? small_task : small_blk_task, &s);
     } else {
         j.npanel = (N + PANEL - 1) / PANEL;
         j.panel_bytes = (size_t)j.Kp * PANEL + (size_t)j.nb * PANEL * 8;
         j.P = sd3_malloc(j.panel_bytes * (size_t)j.npanel);
         if (!j.P) { sd3_free(j.A); sd3_free(j.sa); return 0; }
         pool_run(j.npanel, pack_task, &j);
-        j.ntm = (M + MB - 1) / MB;
+        j.mb = (int)((256 * 1024) / (size_t)j.Kp) / 24 * 24;
+        j.mb = j.mb < 24 ? 24 : j.mb > MB_MAX ? MB_MAX : j.mb;
+        j.ntm = (M + j.mb - 1) / j.mb;
         j.ntp = (j.npanel + PG - 1) / PG;
         pool_run(j.ntm * j.ntp, gemm_task, &j);
         sd3_free(j.P);
