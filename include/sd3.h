@@ -76,6 +76,9 @@ typedef struct sd3_model_params {
     int no_t5;             /* run without T5 (zeros in its place), like text_encoder_3=None */
     int keep_loaded;       /* reserved: keeping components resident between calls is not implemented yet
                               (every call loads, uses and releases each component in turn) */
+    int t5_quant;          /* T5 Linears quantised at load (`--t5 int8`): 0 = stored dtype, 8 = int8 per row,
+                              4 = int4 blocks of 32; weights stored quantised (`sd3 quantize`) are used as they are */
+    int mmdit_quant;       /* the transformer's Linears quantised at load (`--precision int8|int4`): 0, 8 or 4 */
 } sd3_model_params;
 sd3_model_params sd3_model_params_default(void);
 

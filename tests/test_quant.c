@@ -28,6 +28,7 @@
 #include "quant/quant.h"
 #include "quant/quant_models.h"
 #include "text/t5.h"
+#include "sd3.h"
 #include "test.h"
 
 static char g_root[2048];
@@ -473,6 +474,76 @@ static void test_quantized_files(void) {
     }
 }
 
+/* `sd3 quantize` on the tiny pipeline: the copy generates exactly what on-the-fly quantisation (t5_quant /
+ * mmdit_quant) of the float pipeline generates, and stays close to the float result. */
+static float *gen_latents(const char *model, int t5q, int mmq, int64_t *n) {
+    sd3_ctx *ctx = sd3_ctx_create(NULL);
+    sd3_model_params mp = sd3_model_params_default();
+    mp.model = model;
+    mp.t5_quant = t5q;
+    mp.mmdit_quant = mmq;
+    float *lat = NULL;
+    if (sd3_load(ctx, &mp) != SD3_OK) { CHECK(0, "load %s: %s", model, sd3_last_error(ctx)); sd3_ctx_free(ctx); return NULL; }
+    sd3_gen_params g = sd3_gen_params_default();
+    g.prompt = "a photo of a cat";
+    g.negative_prompt = "blurry";
+    g.width = g.height = 64;
+    g.steps = 2;
+    g.cfg_scale = 5.0f;
+    g.seed = 7;
+    g.batch = 1;
+    sd3_image img[1];
+    memset(img, 0, sizeof img);
+    if (sd3_generate(ctx, &g, img, &lat) != SD3_OK) CHECK(0, "generate %s: %s", model, sd3_last_error(ctx));
+    else sd3_image_free(&img[0]);
+    *n = 16 * 8 * 8;
+    sd3_ctx_free(ctx);
+    return lat;
+}
+
+static int g_nlines = 0;
+static void count_line(const char *line, void *user) { (void)line, (void)user; g_nlines++; }
+
+static void test_quantize_pipeline(void) {
+    char in[4096], out[600];
+    sd3_err err = {0};
+    gpath(in, sizeof in, "tiny-sd3");
+    snprintf(out, sizeof out, "%s/pipe_q8", g_tmp);
+    CHECK(quant_path(in, out, 8, 8, 0, count_line, NULL, &err) == SD3_OK, "quant_path: %s", err.msg);
+    CHECK(g_nlines > 10, "%d files written", g_nlines);
+    CHECK(quant_path(in, out, 8, 8, 0, NULL, NULL, &err) == SD3_ERR_INVALID_ARG && strstr(err.msg, "already exists"),
+          "no overwriting: %s", err.msg);
+    /* the copy's T5 and transformer are quantised, the CLIPs and the VAE are not */
+    char p[700];
+    snprintf(p, sizeof p, "%s/text_encoder_3/model.safetensors", out);
+    weights w;
+    tensor t;
+    if (weights_open_file(&w, p, &err) == SD3_OK) {
+        CHECK(weights_get(&w, "encoder.block.0.layer.1.DenseReluDense.wi_0.weight", &t, &err) == SD3_OK && t.dt == DT_Q8,
+              "T5 wi_0 stored int8");
+        CHECK(weights_get(&w, "shared.weight", &t, &err) == SD3_OK && t.dt == DT_F32, "T5 embedding kept F32");
+        weights_close(&w);
+    } else CHECK(0, "%s", err.msg);
+    snprintf(p, sizeof p, "%s/text_encoder/model.safetensors", out);
+    if (weights_open_file(&w, p, &err) == SD3_OK) {
+        CHECK(!st_meta(w.files[0], QUANT_META_KEY), "CLIP-L copied as it is");
+        weights_close(&w);
+    }
+    int64_t n = 0;
+    float *a = gen_latents(in, 8, 8, &n), *b = gen_latents(out, 0, 0, &n), *c = gen_latents(out, 8, 8, &n),
+          *f = gen_latents(in, 0, 0, &n);
+    if (a && b && c && f) {
+        CHECK(!memcmp(a, b, sizeof(float) * (size_t)n), "quantised copy == on-the-fly int8, bit for bit");
+        CHECK(!memcmp(b, c, sizeof(float) * (size_t)n), "asking for int8 on a quantised copy re-quantises nothing");
+        errstat e = compare(a, f, n);
+        /* 2 steps of the tiny pipeline, int8 T5 and transformer: latents within 5% (relative L2) of F32 */
+        CHECK(e.rel_l2 < 0.05, "int8 pipeline latents vs F32: %.4f", e.rel_l2);
+        printf("  tiny pipeline 64x64, 2 steps, CFG 5: int8 T5 + int8 transformer latents vs F32: relative L2 %.4f (bound 0.05)\n",
+               e.rel_l2);
+    }
+    free(a), free(b), free(c), free(f);
+}
+
 int main(int argc, char **argv) {
     const char *root = argc > 1 ? argv[1] : getenv("SD3_GOLDEN");
     snprintf(g_root, sizeof g_root, "%s", root ? root : "../shared/golden");
@@ -490,6 +561,7 @@ int main(int argc, char **argv) {
         test_t5_quality();
         test_mmdit_quality();
         test_quantized_files();
+        test_quantize_pipeline();
     } else CHECK(0, "golden data not found: %s (pass the golden root as argument or set SD3_GOLDEN)", probe);
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
     if (system(cmd) != 0) printf("  could not remove %s\n", g_tmp);

@@ -3,6 +3,7 @@
 #include "io/json_util.h"
 #include "pipeline/components.h"
 #include "pipeline/encode_prompt.h"
+#include "quant/quant_models.h"
 #include "lora/lora.h"
 #include "lora/lora_clip.h"
 #include "text/clip.h"
@@ -116,7 +117,7 @@ done:
 }
 
 /* Load T5 and its tokenizer, and run every row: out [rows, T, d]. */
-static sd3_status run_t5(const model_store *ms, const texts *tx, int T, float **out, int *d_out, sd3_err *err) {
+static sd3_status run_t5(const model_store *ms, const texts *tx, int T, int quant, float **out, int *d_out, sd3_err *err) {
     sd3_status s;
     t5_tok tok;
     memset(&tok, 0, sizeof tok);
@@ -140,6 +141,10 @@ static sd3_status run_t5(const model_store *ms, const texts *tx, int T, float **
         }
     if ((s = comp_te_open(ms, TE_ROLE_T5, &te, err))) goto done;
     if ((s = t5_load(&m, &te.w, te.config, "text_encoder_3", err))) goto done;
+    if (quant) {   /* owned int8/int4 copies of the Linears; the float pages of the mapping can go */
+        if ((s = quant_t5(&m, quant, NULL, err))) goto done;
+        weights_release_pages(&te.w);
+    }
     int d = m.cfg.d_model;
     h = sd3_malloc(sizeof(float) * (size_t)tx->n * T * d);
     if (!h) { s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory for T5 activations"); goto done; }
@@ -187,7 +192,7 @@ sd3_status encode_prompt(const model_store *ms, const encode_req *r, encode_out 
     int T5T = use_t5 ? r->max_sequence_length : CLIP_T;
     if (use_t5) {
         texts_for(r, 2, &tx);
-        if ((s = run_t5(ms, &tx, T5T, &ht, &d5, err))) goto done;
+        if ((s = run_t5(ms, &tx, T5T, r->t5_quant, &ht, &d5, err))) goto done;
     }
     int J = joint_width(ms, d5);
     if (Cl + Cg > J) {

@@ -30,6 +30,7 @@ typedef struct encode_req {
     int clip_skip;                       /* 0 = none */
     int max_sequence_length;             /* T5 tokens (256 default) */
     int no_t5;                           /* zeros instead of T5 (also when the pipeline has no text_encoder_3) */
+    int t5_quant;                        /* 0, or 8 / 4: T5 Linears quantised at load (quant_models.h) */
     const char *const *loras;            /* LoRA files whose text_encoder / text_encoder_2 modules are fused into */
     const float *lora_scales;            /* the CLIPs while they run (NULL scales = 1) */
     int n_loras;

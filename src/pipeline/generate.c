@@ -6,6 +6,7 @@
 #include "mmdit/mmdit.h"
 #include "pipeline/components.h"
 #include "pipeline/generate.h"
+#include "quant/quant_models.h"
 #include "sample/flow.h"
 #include "vae/vae.h"
 
@@ -127,6 +128,10 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
     /* 3. transformer (needed for the latent shape) */
     if ((s = open_mmdit(ms, &m, err))) goto done;
     have_m = 1;
+    if (r->mmdit_quant) {   /* owned int8/int4 copies of the Linears (before LoRAs attach); float pages released */
+        if ((s = quant_mmdit(&m, r->mmdit_quant, NULL, err))) goto done;
+        if (m.owns_weights) weights_release_pages(&m.w);
+    }
     for (int k = 0; k < r->n_loras; k++) {
         lora_file *lf = NULL;
         if ((s = lora_open(&lf, r->loras[k], err))) goto done;

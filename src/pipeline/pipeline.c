@@ -17,6 +17,9 @@ sd3_status sd3_load(sd3_ctx *ctx, const sd3_model_params *mp) {
     sd3_err_clear(&ctx->err);
     pipeline_unload(ctx);
     if (!mp || !mp->model || !*mp->model) return sd3_errf(&ctx->err, SD3_ERR_INVALID_ARG, "model: no model given");
+    if ((mp->t5_quant && mp->t5_quant != 8 && mp->t5_quant != 4) || (mp->mmdit_quant && mp->mmdit_quant != 8 && mp->mmdit_quant != 4))
+        return sd3_errf(&ctx->err, SD3_ERR_INVALID_ARG, "t5_quant %d / mmdit_quant %d: 0 (none), 8 (int8) or 4 (int4)",
+                        mp->t5_quant, mp->mmdit_quant);
     sd3_status s = ms_open(&ctx->ms, mp->model, &ctx->err);
     if (s != SD3_OK) {
         if (ms_is_repo_id(mp->model) && s == SD3_ERR_NOT_FOUND) {
@@ -117,6 +120,8 @@ sd3_status sd3_generate(sd3_ctx *ctx, const sd3_gen_params *p, sd3_image *images
     r.text.clip_skip = p->clip_skip;
     r.text.max_sequence_length = p->max_sequence_length;
     r.text.no_t5 = ctx->model.no_t5;
+    r.text.t5_quant = ctx->model.t5_quant;
+    r.mmdit_quant = ctx->model.mmdit_quant;
     r.width = p->width;
     r.height = p->height;
     r.steps = p->steps;

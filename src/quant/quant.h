@@ -65,4 +65,15 @@ int quant_key_class(const char *key, const tensor *t, int mmdit_file);
 sd3_status quant_file(const char *in, const char *out, int t5_bits, int mmdit_bits, int mmdit_file, int *n_quant,
                       sd3_err *err);
 
+/* What `sd3 quantize` does: in is a .safetensors file, a component folder or a diffusers pipeline folder
+ * (model_index.json); out (a file, or a folder that is created) receives the quantised copy. In a pipeline,
+ * transformer/ gets mmdit_bits and text_encoder_3/ t5_bits; every other file is copied. A component folder
+ * is quantised as `component` says ('m' MMDiT, 't' T5, 0: from the folder name, then from its keys); every
+ * .safetensors file of it (shards included: each quantised tensor's scales stay in its shard, so the index
+ * is copied as it is) is quantised, other files copied. A single file: MMDiT keys (diffusers, original, or
+ * under model.diffusion_model.) and T5 keys (any prefix) as the bits say, the rest copied. out must not
+ * exist yet (no overwriting). log (may be NULL) receives one line per written file. */
+sd3_status quant_path(const char *in, const char *out, int t5_bits, int mmdit_bits, int component,
+                      void (*log)(const char *line, void *user), void *user, sd3_err *err);
+
 #endif /* SD3_QUANT_H */
