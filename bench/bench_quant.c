@@ -2,12 +2,22 @@
  * this machine's measured int8 VNNI peak (a vpdpbusd chain on every pool thread: 64 MACs = 128 ops per
  * instruction) and the F32 k_linear at the same shapes. The times include the per-call work the quantised
  * path does (activation quantisation, weight repacking). Best of a few repetitions; the last line is JSON.
- * Usage: bench_quant [--quick]. Timings are only meaningful on an otherwise idle machine. */
+ *
+ * With --mmdit / --t5: full-size random weights (src/bench/synth.h, BF16, generated into the cache once):
+ * the quality of int8 / int4 against the F32 computation on the same weights (relative L2 and max error of
+ * one transformer forward, of T5's hidden states) and the time of one transformer forward (a CFG step,
+ * batch 2) at --size (default 512) with int8 / int4 weights (--with-f32: the float one too).
+ * Usage: bench_quant [--quick] | --mmdit [--size N] [--with-f32] | --t5 [--tokens T] [--layers L].
+ * Timings are only meaningful on an otherwise idle machine. */
 #include <math.h>
 #include <string.h>
 #include "kernels/kernels.h"
 #include "kernels/kernels_q.h"
 #include "quant/quant.h"
+#include "quant/quant_models.h"
+#include "bench/synth.h"
+#include "io/json_util.h"
+#include "text/t5.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -53,8 +63,119 @@ static double time_linear(float *y, const float *x, const tensor *W, int M, int 
     return best;
 }
 
+/* Deterministic N(0, 1)-ish fill. */
+static void fill(float *p, size_t n, uint32_t seed) {
+    uint32_t r = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        float s = 0;
+        for (int k = 0; k < 4; k++) r = r * 1664525u + 1013904223u, s += (float)(r >> 8) / 16777216.0f - 0.5f;
+        p[i] = s * 1.7320508f;
+    }
+}
+
+static void rel_err(const float *a, const float *ref, size_t n, double *rel, double *mx_rel) {
+    double num = 0, den = 0, mx = 0, rmax = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d, den += (double)ref[i] * ref[i];
+        if (fabs(d) > mx) mx = fabs(d);
+        if (fabs(ref[i]) > rmax) rmax = fabs(ref[i]);
+    }
+    *rel = sqrt(num / (den > 0 ? den : 1));
+    *mx_rel = mx / (rmax > 0 ? rmax : 1);
+}
+
+/* Full-size SD3-Medium transformer: quality at 256^2 (batch 1), time of a CFG forward at size^2 (batch 2). */
+static int bench_mmdit(int size, int with_f32) {
+    sd3_err err = {0};
+    char dir[4096];
+    if (syn_component_dir(SYN_SD3_MEDIUM, SYN_MMDIT, DT_BF16, NULL, dir, sizeof dir, NULL, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+    const int qh = 32, qS = 154, J = 4096, P = 2048;
+    size_t nq = (size_t)16 * qh * qh;
+    float *x = sd3_malloc(sizeof(float) * 2 * 16 * (size / 8) * (size / 8)), *ctx = sd3_malloc(sizeof(float) * 2 * 333 * J),
+          *pooled = sd3_malloc(sizeof(float) * 2 * P), t[2] = {500.0f, 500.0f};
+    float *ref = sd3_malloc(sizeof(float) * nq), *got = sd3_malloc(sizeof(float) * 2 * 16 * (size / 8) * (size / 8));
+    fill(x, (size_t)2 * 16 * (size / 8) * (size / 8), 1), fill(ctx, (size_t)2 * 333 * J, 2), fill(pooled, 2 * P, 3);
+    double tq[3] = {0, 0, 0}, rel[3] = {0}, mxr[3] = {0}, tf[3] = {0};
+    for (int v = 0; v < 3; v++) {   /* 0: F32 compute on the BF16 weights, 1: int8, 2: int4 */
+        int bits = v == 0 ? 0 : v == 1 ? 8 : 4;
+        mmdit_model m;
+        memset(&m, 0, sizeof m);
+        if (mmdit_load_dir(&m, dir, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+        double t0 = sd3_time();
+        if (bits && quant_mmdit(&m, bits, NULL, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+        tq[v] = sd3_time() - t0;
+        if (bits) weights_release_pages(&m.w);
+        if (mmdit_forward(&m, x, 1, qh, qh, ctx, qS, pooled, t, NULL, 0, v ? got : ref, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+        if (v) rel_err(got, ref, nq, &rel[v], &mxr[v]);
+        if (v || with_f32) {
+            t0 = sd3_time();
+            if (mmdit_forward(&m, x, 2, size / 8, size / 8, ctx, 333, pooled, t, NULL, 0, got, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+            tf[v] = sd3_time() - t0;
+        }
+        printf("mmdit sd3-medium %-5s: quantise %.1f s | one forward 256^2 batch 1: rel L2 vs f32 %.4f, max |diff| / max |ref| %.4f | "
+               "CFG step (batch 2) at %d^2, 333 text tokens: %.2f s | peak RSS %.2f GB\n",
+               v == 0 ? "f32" : v == 1 ? "int8" : "int4", tq[v], rel[v], mxr[v], size, tf[v], sd3_peak_rss() / 1e9);
+        fflush(stdout);
+        mmdit_free(&m);
+    }
+    printf("{\"mmdit_int8_rel_l2\": %.5f, \"mmdit_int4_rel_l2\": %.5f, \"cfg_step_s_f32\": %.2f, \"cfg_step_s_int8\": %.2f, "
+           "\"cfg_step_s_int4\": %.2f, \"size\": %d}\n", rel[1], rel[2], tf[0], tf[1], tf[2], size);
+    return 0;
+}
+
+/* Full-size T5-XXL: hidden state after `layers` blocks (0 = all, the last_hidden_state) for B=1 x tokens. */
+static int bench_t5(int tokens, int layers) {
+    sd3_err err = {0};
+    char dir[4096], p[4200];
+    if (syn_component_dir(SYN_SD3_MEDIUM, SYN_T5, DT_BF16, NULL, dir, sizeof dir, NULL, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    cJSON *cfg = json_load_file(p, &err);
+    if (!cfg) { fprintf(stderr, "%s\n", err.msg); return 1; }
+    int64_t *ids = malloc(sizeof(int64_t) * tokens);
+    for (int i = 0; i < tokens; i++) ids[i] = (i * 7919 + 13) % 32000 + 3;
+    ids[tokens - 1] = 1;
+    float *ref = sd3_malloc(sizeof(float) * 4096 * (size_t)tokens), *got = sd3_malloc(sizeof(float) * 4096 * (size_t)tokens);
+    double rel[3] = {0}, mxr[3] = {0};
+    for (int v = 0; v < 3; v++) {
+        int bits = v == 0 ? 0 : v == 1 ? 8 : 4;
+        weights w;
+        t5_model m;
+        if (weights_open_dir(&w, dir, "model", &err) || t5_load(&m, &w, cfg, "t5xxl", &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+        double t0 = sd3_time();
+        if (bits && quant_t5(&m, bits, NULL, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+        double tq = sd3_time() - t0;
+        if (bits) weights_release_pages(&w);
+        t0 = sd3_time();
+        if (t5_forward_hidden(&m, ids, 1, tokens, layers ? layers : -1, v ? got : ref, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+        double tf = sd3_time() - t0;
+        if (v) rel_err(got, ref, (size_t)4096 * tokens, &rel[v], &mxr[v]);
+        printf("t5xxl %-5s: quantise %.1f s | forward (%d tokens, %s): %.2f s | rel L2 vs f32 %.4f, max |diff| / max |ref| %.4f | peak RSS %.2f GB\n",
+               v == 0 ? "f32" : v == 1 ? "int8" : "int4", tq, tokens, layers ? "hidden state after the given blocks" : "last_hidden_state",
+               tf, rel[v], mxr[v], sd3_peak_rss() / 1e9);
+        fflush(stdout);
+        t5_free(&m);
+        weights_close(&w);
+    }
+    printf("{\"t5_int8_rel_l2\": %.5f, \"t5_int4_rel_l2\": %.5f, \"tokens\": %d, \"layers\": %d}\n", rel[1], rel[2], tokens, layers);
+    cJSON_Delete(cfg);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    int size = 512, with_f32 = 0, tokens = 77, layers = 0, mode = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--mmdit")) mode = 'm';
+        else if (!strcmp(argv[i], "--t5")) mode = 't';
+        else if (!strcmp(argv[i], "--with-f32")) with_f32 = 1;
+        else if (!strcmp(argv[i], "--size") && i + 1 < argc) size = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--layers") && i + 1 < argc) layers = atoi(argv[++i]);
+    }
+    pool_set_threads(0);
+    if (mode == 'm') return bench_mmdit(size, with_f32);
+    if (mode == 't') return bench_t5(tokens, layers);
     pool_set_threads(0);
     double peak = vnni_peak();
     printf("threads %d, int8 VNNI peak (measured) %.0f GOP/s\n", pool_threads(), peak);

@@ -255,7 +255,7 @@ static void test_file_errors(void) {
     snprintf(p, sizeof p, "%s/bad.safetensors", g_tmp);
     int8_t codes[4 * 64];
     uint8_t nib[4 * 32];
-    float sc[8] = {1, 1, 1, 1, 1, 1, 1, 1}, scn[4] = {1, NAN, 1, 1};
+    float sc[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, scn[4] = {1, NAN, 1, 1};
     memset(codes, 1, sizeof codes), memset(nib, 0x88, sizeof nib);
     const char *K = "blocks.0.attn.q.weight";
     ent ok[2] = {{K, DT_I8, 2, {4, 64}, codes}, {"blocks.0.attn.q.weight.qscale", DT_F32, 2, {4, 1}, sc}};

@@ -490,6 +490,13 @@ void mmdit_free(mmdit_model *m) {
         sd3_free(m->blocks);
     }
     free_linear(&m->norm_out_linear);
+    /* views unless replaced by owned quantised copies (quant_mmdit) */
+    free_linear(&m->time_text_embed_timestep_embedder_linear_1);
+    free_linear(&m->time_text_embed_timestep_embedder_linear_2);
+    free_linear(&m->time_text_embed_text_embedder_linear_1);
+    free_linear(&m->time_text_embed_text_embedder_linear_2);
+    free_linear(&m->context_embedder);
+    free_linear(&m->proj_out);
     tensor_free(&m->pos_embed_pos_embed);
     if (m->owns_weights) weights_close(&m->w);
     memset(m, 0, sizeof *m);

@@ -91,6 +91,12 @@ static sd3_status t5_bind(const weights *w, const char *key, tensor *t, const ch
 }
 
 void t5_free(t5_model *m) {
+    /* tensors are views (tensor_free leaves them alone) unless replaced by owned quantised copies (quant_t5) */
+    for (int i = 0; m->blocks && i < m->cfg.num_layers; i++) {
+        t5_block *b = &m->blocks[i];
+        tensor *ts[9] = {&b->ln0_w, &b->q_w, &b->k_w, &b->v_w, &b->o_w, &b->ln1_w, &b->wi0_w, &b->wi1_w, &b->wo_w};
+        for (int k = 0; k < 9; k++) tensor_free(ts[k]);
+    }
     free(m->blocks);
     memset(m, 0, sizeof *m);
 }
