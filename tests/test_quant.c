@@ -172,6 +172,26 @@ static void test_rounding(void) {
           "nibbles: %02x %02x %02x", by[1], by[2], by[3]);
     CHECK(by[16] == 0x88 && tensor_get_f32(&q, 17) == 4.0f && tensor_get_f32(&q, 40) == 0.0f, "zero block / element 17");
     tensor_free(&q);
+    /* the vectorised weight quantiser equals the scalar rule, codes and scales, incl. zero / Inf / NaN blocks */
+    {
+        int bad = 0;
+        for (int t = 0; t < 40; t++) {
+            int qb = t % 2 ? 32 : 16 * (1 + t % 7), K = qb * (1 + t % 5), qmax = t % 3 ? 127 : 7;
+            float *w = malloc(sizeof(float) * K), s0[64], s1[64];
+            int8_t *q0 = malloc(K), *q1 = malloc(K);
+            for (int k = 0; k < K; k++) w[k] = grand() * (t % 4 ? 1.0f : 1e-30f);
+            if (t % 5 == 1) memset(w, 0, sizeof(float) * qb);
+            if (t % 9 == 2) w[K - 1] = INFINITY;
+            if (t % 9 == 4) w[0] = NAN;
+            k_quant_weight_row_ref(w, K, qb, qmax, q0, s0);
+            k_quant_weight_row(w, K, qb, qmax, q1, s1);
+            bad += memcmp(q0, q1, K) != 0;
+            for (int b = 0; b < K / qb; b++) bad += !(s0[b] == s1[b] || (isnan(s0[b]) && isnan(s1[b])));
+            if (t % 9 == 2 || t % 9 == 4) bad += !isnan(s0[K / qb - 1]) && !isnan(s0[0]);
+            free(w), free(q0), free(q1);
+        }
+        CHECK(bad == 0, "k_quant_weight_row vs ref: %d differences", bad);
+    }
     /* random rows: |w - s q| <= s / 2 (plus float rounding of w / s), codes in range, scale = max / qmax */
     for (int bits = 8; bits >= 4; bits -= 4) {
         tensor w = random_f32(37, 256, 0.3f);

@@ -28,6 +28,12 @@ void k_linear_q_ref(float *y, const float *x, const tensor *W, const tensor *b, 
 /* Quantise one activation row as described above: q[0..K) and the returned scale s_a. */
 float k_quant_act_row_ref(int8_t *q, const float *x, int K);
 
+/* Quantise one weight row w[0..K) in blocks of qb (K % qb == 0) with qmax 127 (int8) or 7 (int4): per block
+ * s = max|w| / qmax (NaN when the block holds Inf/NaN), q = nearbyint(w / s) clamped to +-qmax, q = 0 where
+ * s is 0 or NaN. Codes to q[0..K), scales to s[0..K/qb). The rule of quant.h; vectorised where possible. */
+void k_quant_weight_row(const float *w, int K, int qb, int qmax, int8_t *q, float *s);
+void k_quant_weight_row_ref(const float *w, int K, int qb, int qmax, int8_t *q, float *s);
+
 /* Cap the variant k_linear_q may use: K_ISA_PORTABLE (threaded ref), K_ISA_AVX2, K_ISA_AVX512, K_ISA_ANY
  * (kernels.h's levels; default ANY). For tests and benchmarks; returns the previous cap. */
 int k_q_set_isa_cap(int level);
@@ -37,5 +43,6 @@ const char *k_linear_q_variant(const tensor *W);
 /* Internal, per-ISA entry points (return 0 when they decline: shape or CPU not supported). */
 int kq_linear_avx512(float *y, const float *x, const tensor *W, const float *bias, int M, int N, int K);
 int kq_linear_avx2(float *y, const float *x, const tensor *W, const float *bias, int M, int N, int K);
+int kq_quant_weight_row_avx512(const float *w, int K, int qb, int qmax, int8_t *q, float *s);
 
 #endif /* SD3_KERNELS_Q_H */

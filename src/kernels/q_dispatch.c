@@ -60,3 +60,10 @@ void k_linear_q(float *y, const float *x, const tensor *W, const tensor *b, int 
     qref_job j = {y, x, W, b, M, N, K, chunk};
     pool_run((M + chunk - 1) / chunk, qref_task, &j);
 }
+
+void k_quant_weight_row(const float *w, int K, int qb, int qmax, int8_t *q, float *s) {
+    const cpu_features *f = cpu_get();
+    if (!cpu_ref_forced() && g_qcap >= K_ISA_AVX512 && f->avx512f && f->avx512bw && kq_quant_weight_row_avx512(w, K, qb, qmax, q, s))
+        return;
+    k_quant_weight_row_ref(w, K, qb, qmax, q, s);
+}

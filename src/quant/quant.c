@@ -1,6 +1,7 @@
 /* quant.c — making, storing and binding quantised linear weights (see quant.h for the rules and format). */
 #include <math.h>
 #include <string.h>
+#include "kernels/kernels_q.h"
 #include "quant/quant.h"
 
 const char *quant_scheme_name(int bits) { return bits == 8 ? "q8_row" : bits == 4 ? "q4_block32" : NULL; }
@@ -45,21 +46,7 @@ static void qt_task(void *arg, int t, int thread) {
     float *scales = (float *)j->dst->qscale;
     for (int64_t r = r0; r < r1; r++) {
         tensor_to_f32(j->src, r * K, K, w);
-        for (int b = 0; b < nb; b++) {
-            float amax = 0.0f;
-            for (int k = b * qb; k < (b + 1) * qb; k++) {
-                float a = fabsf(w[k]);
-                if (a > amax) amax = a;
-            }
-            float s = amax / qmax;
-            if (!isfinite(amax)) s = NAN;   /* no scale represents Inf/NaN; caught by the caller */
-            scales[r * nb + b] = s;
-            for (int k = b * qb; k < (b + 1) * qb; k++) {
-                float v = s > 0.0f ? nearbyintf(w[k] / s) : 0.0f;
-                v = v > qmax ? qmax : v < -qmax ? -qmax : v;
-                q[k] = (int8_t)v;
-            }
-        }
+        k_quant_weight_row(w, (int)K, qb, (int)qmax, q, scales + r * nb);
         if (j->bits == 8) {
             memcpy((int8_t *)j->dst->data + r * K, q, (size_t)K);
         } else {

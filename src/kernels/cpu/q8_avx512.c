@@ -368,7 +368,38 @@ int kq_linear_avx512(float *y, const float *x, const tensor *W, const float *bia
     return 1;
 }
 
+/* k_quant_weight_row with AVX-512: the same divisions and roundings as the ref (IEEE division, cvtps rounds
+ * half to even), so the codes and scales are identical. Blocks must be multiples of 16 (else declines). */
+int kq_quant_weight_row_avx512(const float *w, int K, int qb, int qmax, int8_t *q, float *s) {
+    if (qb % 16 || K % qb) return 0;
+    const __m512 fq = _mm512_set1_ps((float)qmax), nq = _mm512_set1_ps(-(float)qmax), zero = _mm512_setzero_ps();
+    for (int b = 0; b < K / qb; b++) {
+        const float *wb = w + (int64_t)b * qb;
+        __m512 mx = zero, chk = zero;
+        for (int k = 0; k < qb; k += 16) {
+            __m512 v = _mm512_loadu_ps(wb + k);
+            mx = _mm512_max_ps(mx, _mm512_abs_ps(v));
+            chk = _mm512_add_ps(chk, _mm512_mul_ps(v, zero));   /* NaN once any w is Inf or NaN */
+        }
+        float amax = _mm512_reduce_max_ps(mx), bad = _mm512_reduce_add_ps(chk);
+        float sc = bad == 0.0f ? amax / (float)qmax : NAN;
+        s[b] = sc;
+        if (!(sc > 0.0f)) { memset(q + (int64_t)b * qb, 0, (size_t)qb); continue; }
+        __m512 vs = _mm512_set1_ps(sc);
+        for (int k = 0; k < qb; k += 16) {
+            __m512 v = _mm512_div_ps(_mm512_loadu_ps(wb + k), vs);
+            v = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nq), fq);
+            _mm_storeu_si128((__m128i *)(q + (int64_t)b * qb + k), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+        }
+    }
+    return 1;
+}
+
 #else
+int kq_quant_weight_row_avx512(const float *w, int K, int qb, int qmax, int8_t *q, float *s) {
+    (void)w, (void)K, (void)qb, (void)qmax, (void)q, (void)s;
+    return 0;
+}
 int kq_linear_avx512(float *y, const float *x, const tensor *W, const float *bias, int M, int N, int K) {
     (void)y, (void)x, (void)W, (void)bias, (void)M, (void)N, (void)K;
     return 0;

@@ -57,3 +57,21 @@ void k_linear_q_ref(float *y, const float *x, const tensor *W, const tensor *b, 
     }
     free(qa);
 }
+
+void k_quant_weight_row_ref(const float *w, int K, int qb, int qmax, int8_t *q, float *s) {
+    const float fq = (float)qmax;
+    for (int b = 0; b < K / qb; b++) {
+        float amax = 0.0f;
+        for (int k = b * qb; k < (b + 1) * qb; k++) {
+            float a = fabsf(w[k]);
+            if (a > amax || isnan(a)) amax = isnan(a) ? INFINITY : a;
+        }
+        float sc = isfinite(amax) ? amax / fq : NAN;
+        s[b] = sc;
+        for (int k = b * qb; k < (b + 1) * qb; k++) {
+            float v = sc > 0.0f ? nearbyintf(w[k] / sc) : 0.0f;
+            v = v > fq ? fq : v < -fq ? -fq : v;
+            q[k] = (int8_t)v;
+        }
+    }
+}
