@@ -74,6 +74,7 @@ golden: $(BUILD)/golden
 
 bench: all
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+	$(BUILD)/sd3 bench --standard
 
 # AddressSanitizer + UBSan build of everything, then the tests.
 asan:
