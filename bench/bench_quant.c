@@ -103,7 +103,7 @@ static int bench_mmdit(int size, int with_f32) {
         memset(&m, 0, sizeof m);
         if (mmdit_load_dir(&m, dir, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
         double t0 = sd3_time();
-        if (bits && quant_mmdit(&m, bits, NULL, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+        if (bits && quant_mmdit(&m, bits, &m.w, NULL, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
         tq[v] = sd3_time() - t0;
         if (bits) weights_release_pages(&m.w);
         if (mmdit_forward(&m, x, 1, qh, qh, ctx, qS, pooled, t, NULL, 0, v ? got : ref, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
@@ -143,7 +143,7 @@ static int bench_t5(int tokens, int layers) {
         t5_model m;
         if (weights_open_dir(&w, dir, "model", &err) || t5_load(&m, &w, cfg, "t5xxl", &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
         double t0 = sd3_time();
-        if (bits && quant_t5(&m, bits, NULL, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+        if (bits && quant_t5(&m, bits, &w, NULL, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
         double tq = sd3_time() - t0;
         if (bits) weights_release_pages(&w);
         t0 = sd3_time();

@@ -366,7 +366,7 @@ static void test_t5_quality(void) {
         weights w;
         t5_model m;
         if (weights_open_file(&w, p, &err) || t5_load(&m, &w, cfg, "text_encoder_3", &err) ||
-            quant_t5(&m, bits, &nq, &err) || t5_forward(&m, idv, B, T, got, &err)) {
+            quant_t5(&m, bits, &w, &nq, &err) || t5_forward(&m, idv, B, T, got, &err)) {
             CHECK(0, "T5 int%d: %s", bits, err.msg);
         } else {
             errstat e = compare(got, want, (int64_t)B * T * d);
@@ -429,7 +429,7 @@ static void test_mmdit_quality(void) {
             gpath(p, sizeof p, cases[c].model);
             float *out = NULL, *want = NULL;
             int64_t n = 0;
-            if (mmdit_load_dir(&m, p, &err) || quant_mmdit(&m, bits, &nq, &err) || mmdit_case(&m, cases[c].cs, &out, &want, &n, &err)) {
+            if (mmdit_load_dir(&m, p, &err) || quant_mmdit(&m, bits, &m.w, &nq, &err) || mmdit_case(&m, cases[c].cs, &out, &want, &n, &err)) {
                 CHECK(0, "%s int%d: %s", cases[c].model, bits, err.msg);
             } else {
                 errstat e = compare(out, want, n);
@@ -466,11 +466,11 @@ static void test_quantized_files(void) {
         gpath(p, sizeof p, "tiny-sd3/transformer");
         float *oa = NULL, *ob = NULL, *oc = NULL, *w1 = NULL, *w2 = NULL, *w3 = NULL;
         int64_t n = 0;
-        int ok = mmdit_load_dir(&a, p, &err) == SD3_OK && quant_mmdit(&a, bits, NULL, &err) == SD3_OK &&
+        int ok = mmdit_load_dir(&a, p, &err) == SD3_OK && quant_mmdit(&a, bits, &a.w, NULL, &err) == SD3_OK &&
                  mmdit_case(&a, "diffusion/transformer/sd3_16x24.safetensors", &oa, &w1, &n, &err) == 0;
         CHECK(ok, "on-the-fly: %s", err.msg);
         int nre = -1;
-        ok = ok && mmdit_load_dir(&b, dstdir, &err) == SD3_OK && quant_mmdit(&b, bits, &nre, &err) == SD3_OK &&
+        ok = ok && mmdit_load_dir(&b, dstdir, &err) == SD3_OK && quant_mmdit(&b, bits, &b.w, &nre, &err) == SD3_OK &&
              mmdit_case(&b, "diffusion/transformer/sd3_16x24.safetensors", &ob, &w2, &n, &err) == 0;
         CHECK(ok && nre == 0, "quantised folder loads (%s), nothing re-quantised (%d)", err.msg, nre);
         CHECK(ok && b.blocks[1].attn_to_q.weight.dt == (bits == 8 ? DT_Q8 : DT_Q4) && b.blocks[1].attn_to_q.weight.shape[1] == 32 &&

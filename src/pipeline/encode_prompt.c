@@ -142,7 +142,7 @@ static sd3_status run_t5(const model_store *ms, const texts *tx, int T, int quan
     if ((s = comp_te_open(ms, TE_ROLE_T5, &te, err))) goto done;
     if ((s = t5_load(&m, &te.w, te.config, "text_encoder_3", err))) goto done;
     if (quant) {   /* owned int8/int4 copies of the Linears; the float pages of the mapping can go */
-        if ((s = quant_t5(&m, quant, NULL, err))) goto done;
+        if ((s = quant_t5(&m, quant, &te.w, NULL, err))) goto done;
         weights_release_pages(&te.w);
     }
     int d = m.cfg.d_model;

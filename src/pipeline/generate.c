@@ -129,7 +129,7 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
     if ((s = open_mmdit(ms, &m, err))) goto done;
     have_m = 1;
     if (r->mmdit_quant) {   /* owned int8/int4 copies of the Linears (before LoRAs attach); float pages released */
-        if ((s = quant_mmdit(&m, r->mmdit_quant, NULL, err))) goto done;
+        if ((s = quant_mmdit(&m, r->mmdit_quant, m.owns_weights ? &m.w : NULL, NULL, err))) goto done;
         if (m.owns_weights) weights_release_pages(&m.w);
     }
     for (int k = 0; k < r->n_loras; k++) {
