@@ -70,6 +70,18 @@ sd3_status image_load(image *img, const char *path, sd3_err *err) {
         return sd3_errf(err, SD3_ERR_FORMAT, "%s: corrupt JPEG (a Huffman table declares more than 256 codes)", path);
     }
     int w = 0, h = 0, c = 0;
+    /* A PNG states its size in IHDR: check it ourselves, since stb refuses huge ones with a generic
+     * "unknown image type" and we want the size named. */
+    static const unsigned char png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    if (n >= 24 && !memcmp(buf, png_sig, 8) && !memcmp(buf + 12, "IHDR", 4)) {
+        uint32_t pw = ((uint32_t)buf[16] << 24) | ((uint32_t)buf[17] << 16) | ((uint32_t)buf[18] << 8) | buf[19];
+        uint32_t ph = ((uint32_t)buf[20] << 24) | ((uint32_t)buf[21] << 16) | ((uint32_t)buf[22] << 8) | buf[23];
+        if (pw == 0 || ph == 0 || pw > IMAGE_MAX_SIDE || ph > IMAGE_MAX_SIDE || (uint64_t)pw * ph > (uint64_t)IMAGE_MAX_PIXELS) {
+            free(buf);
+            return sd3_errf(err, SD3_ERR_FORMAT, "%s: image is %ux%u, outside the limit of 1..%d per side and %lld pixels", path,
+                            pw, ph, IMAGE_MAX_SIDE, (long long)IMAGE_MAX_PIXELS);
+        }
+    }
     if (n > INT_MAX || !stbi_info_from_memory(buf, (int)n, &w, &h, &c)) {
         free(buf);
         return sd3_errf(err, SD3_ERR_FORMAT, "%s: not a readable image (%s)", path, stbi_failure_reason());

@@ -132,6 +132,12 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
         if ((s = quant_mmdit(&m, r->mmdit_quant, m.owns_weights ? &m.w : NULL, NULL, err))) goto done;
         if (m.owns_weights) weights_release_pages(&m.w);
     }
+    for (int k = 0; k < r->n_skip_layers; k++)  /* checked now: the SLG window may never reach them */
+        if (r->skip_layers[k] < 0 || r->skip_layers[k] >= m.cfg.num_layers) {
+            s = sd3_errf(err, SD3_ERR_INVALID_ARG, "skip layer %d: the transformer has blocks 0..%d", r->skip_layers[k],
+                         m.cfg.num_layers - 1);
+            goto done;
+        }
     for (int k = 0; k < r->n_loras; k++) {
         lora_file *lf = NULL;
         if ((s = lora_open(&lf, r->loras[k], err))) goto done;
