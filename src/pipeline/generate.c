@@ -1,4 +1,5 @@
 /* generate.c — txt2img and img2img denoising as diffusers' SD3 pipelines (see generate.h). */
+#include <math.h>
 #include <string.h>
 #include "core/rng.h"
 #include "io/json_util.h"
@@ -85,6 +86,16 @@ done:
     sd3_free(logvar);
     vae_free(&v);
     return s;
+}
+
+/* NaN or infinity in a result means non-finite weights or an overflow: stop with a message instead of
+ * writing a garbage image. */
+static sd3_status check_finite(const float *x, int64_t n, const char *what, int step, sd3_err *err) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return sd3_errf(err, SD3_ERR_FORMAT, "%s %d produced NaN or infinity (non-finite weights in the model, or an overflow)",
+                            what, step);
+    return SD3_OK;
 }
 
 /* The inpainting mask at latent resolution: torch's nearest interpolation from (H, W) to (h, w) picks
@@ -250,6 +261,7 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
             }
         }
         tap(taps, "latents", i, o->latents, nlat);
+        if ((s = check_finite(o->latents, nlat, "the denoising step", i + 1, err))) goto done;
         if (r->progress && r->progress(i + 1, n_run, sd3_time() - t0, r->progress_user)) {
             s = sd3_errf(err, SD3_ERR_INVALID_ARG, "generation cancelled at step %d", i + 1);
             goto done;
@@ -278,6 +290,7 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
         sd3_free(z);
         vae_free(&vm);
         if (s) goto done;
+        if ((s = check_finite(o->decoded, (int64_t)B * 3 * H * W, "the VAE decode", 1, err))) goto done;
     }
     s = SD3_OK;
 done:
