@@ -48,6 +48,8 @@ void sd3_set_log(sd3_log_fn fn, void *user, sd3_log_level min_level);
 /* Parameters of a context. */
 typedef struct sd3_ctx_params {
     int n_threads;         /* worker threads for the kernels; 0 = number of cores */
+    int bf16;              /* 1: matrix products in bf16 (AVX512_BF16 dot products, F32 accumulation, about 3
+                              significant digits per product); 0: exact F32 (default). Process-wide setting. */
 } sd3_ctx_params;
 sd3_ctx_params sd3_ctx_params_default(void);
 

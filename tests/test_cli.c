@@ -182,6 +182,9 @@ int main(int argc, char **argv) {
     expect_fail("-p x --batch 0", "--batch");
     expect_fail("-p x -m /nonexistent/model", "/nonexistent/model");
     expect_fail("-p x --slg-scale 2", "skip");
+    expect_fail("-p x --precision fp8", "--precision");
+    expect_fail("-p x --t5 int3", "--t5");
+    expect_fail("-p x --skip-layers 99 --slg-scale 2 --steps 1", "skip layer 99");
     /* unwritable output: a folder that does not exist, and a directory as the output */
     rc = run(out, sizeof out, "%s -m %s/tiny-sd3 -p x -W 64 -H 64 --steps 1 -o /nonexistent/dir/x.png", sd3_bin, golden);
     CHECK(rc != 0 && strstr(out, "/nonexistent/dir"), "unwritable output: %s", out);

@@ -76,6 +76,8 @@ static void usage_generate(FILE *f) {
             "  -o, --output FILE         PNG to write (default output.png; %%d for batches)\n"
             "      --threads N           worker threads (default: all cores)\n"
             "      --no-t5               run without T5 (zeros in its place)\n"
+            "      --t5 stored|int8|int4 quantise T5's weights at load (int8 = the 8-bit T5 of diffusers' docs)\n"
+            "      --precision P         fp32 (exact, default) | bf16 (bf16 products) | int8 | int4 (quantised MMDiT)\n"
             "      --lora FILE[:SCALE]   apply a LoRA to the transformer (repeatable; scale default 1)\n"
             "      --lora-lenient        LoRA keys that match nothing are warnings, not errors\n"
             "  -v, --verbose\n",
@@ -218,7 +220,7 @@ static int cmd_generate(int argc, char **argv) {
     sd3_model_params mp = sd3_model_params_default();
     sd3_gen_params gp = sd3_gen_params_default();
     const char *out = "output.png", *save_latents = NULL;
-    int threads = 0, verbose = 0, have_seed = 0, set_w = 0, set_h = 0;
+    int threads = 0, verbose = 0, have_seed = 0, set_w = 0, set_h = 0, bf16 = 0;
     static float sigmas[MAX_SIGMAS];
     static int skip[MAX_SKIP];
     static char lora_paths[64][4096];
@@ -274,6 +276,20 @@ static int cmd_generate(int argc, char **argv) {
             gp.lora_scales = lora_scale;
         } else if (!strcmp(a, "--lora-lenient")) gp.lora_lenient = 1;
         else if (!strcmp(a, "--no-t5")) mp.no_t5 = 1;
+        else if (!strcmp(a, "--precision")) {
+            const char *v = NEXT();
+            if (!strcmp(v, "fp32")) bf16 = 0, mp.mmdit_quant = 0;
+            else if (!strcmp(v, "bf16")) bf16 = 1, mp.mmdit_quant = 0;
+            else if (!strcmp(v, "int8")) mp.mmdit_quant = 8;
+            else if (!strcmp(v, "int4")) mp.mmdit_quant = 4;
+            else die(2, "--precision: '%s' is not one of fp32, bf16, int8, int4", v);
+        } else if (!strcmp(a, "--t5")) {
+            const char *v = NEXT();
+            if (!strcmp(v, "fp") || !strcmp(v, "stored")) mp.t5_quant = 0;
+            else if (!strcmp(v, "int8")) mp.t5_quant = 8;
+            else if (!strcmp(v, "int4")) mp.t5_quant = 4;
+            else die(2, "--t5: '%s' is not one of stored, int8, int4", v);
+        }
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) verbose = 1;
         else die(2, "unknown option '%s' (see sd3 generate --help)", a);
     }
@@ -301,6 +317,7 @@ static int cmd_generate(int argc, char **argv) {
 
     sd3_ctx_params cp = sd3_ctx_params_default();
     cp.n_threads = threads;
+    cp.bf16 = bf16;
     if (verbose) sd3_set_log(NULL, NULL, SD3_LOG_INFO);
     sd3_ctx *ctx = sd3_ctx_create(&cp);
     if (!ctx) die(1, "out of memory");
@@ -336,7 +353,7 @@ static int cmd_generate(int argc, char **argv) {
         snprintf(hbuf, sizeof hbuf, "%d", gp.height);
         snprintf(bbuf, sizeof bbuf, "%d of %d", b, gp.batch);
         snprintf(strbuf, sizeof strbuf, "%g", gp.strength);
-        image_text tx[20];
+        image_text tx[24];
         int nt = 0;
         tx[nt++] = (image_text){"prompt", gp.prompt};
         if (gp.prompt_2) tx[nt++] = (image_text){"prompt_2", gp.prompt_2};
@@ -353,6 +370,8 @@ static int cmd_generate(int argc, char **argv) {
         tx[nt++] = (image_text){"sampler", "flow-match euler (FlowMatchEulerDiscreteScheduler)"};
         if (gp.init_image) tx[nt++] = (image_text){"strength", strbuf};
         if (mp.no_t5) tx[nt++] = (image_text){"no_t5", "true"};
+        tx[nt++] = (image_text){"precision", mp.mmdit_quant == 8 ? "int8" : mp.mmdit_quant == 4 ? "int4" : bf16 ? "bf16" : "fp32"};
+        if (mp.t5_quant) tx[nt++] = (image_text){"t5", mp.t5_quant == 8 ? "int8" : "int4"};
         char lorabuf[4096] = "";
         for (int k = 0; k < gp.n_loras; k++) {
             size_t l = strlen(lorabuf);

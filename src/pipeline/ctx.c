@@ -1,5 +1,6 @@
 /* ctx.c — the public context: parameters, the loaded model, the last error. */
 #include <string.h>
+#include "kernels/kernels.h"
 #include "pipeline/pipeline.h"
 
 sd3_ctx_params sd3_ctx_params_default(void) {
@@ -14,6 +15,7 @@ sd3_ctx *sd3_ctx_create(const sd3_ctx_params *params) {
     if (!c) return NULL;
     c->params = params ? *params : sd3_ctx_params_default();
     pool_set_threads(c->params.n_threads);
+    k_set_precision(c->params.bf16 ? 1 : 0);
     return c;
 }
 
