@@ -96,9 +96,9 @@ static int bench_mmdit(int size, int with_f32) {
           *pooled = sd3_malloc(sizeof(float) * 2 * P), t[2] = {500.0f, 500.0f};
     float *ref = sd3_malloc(sizeof(float) * nq), *got = sd3_malloc(sizeof(float) * 2 * 16 * (size / 8) * (size / 8));
     fill(x, (size_t)2 * 16 * (size / 8) * (size / 8), 1), fill(ctx, (size_t)2 * 333 * J, 2), fill(pooled, 2 * P, 3);
-    double tq[3] = {0, 0, 0}, rel[3] = {0}, mxr[3] = {0}, tf[3] = {0};
-    for (int v = 0; v < 3; v++) {   /* 0: F32 compute on the BF16 weights, 1: int8, 2: int4 */
-        int bits = v == 0 ? 0 : v == 1 ? 8 : 4;
+    double tq[4] = {0}, rel[4] = {0}, mxr[4] = {0}, tf[4] = {0};
+    for (int v = 0; v < 4; v++) {   /* 0: F32 compute on the BF16 weights, 1: int8, 2: int4, 3: the bf16 dot-product mode */
+        int bits = v == 1 ? 8 : v == 2 ? 4 : 0;
         mmdit_model m;
         memset(&m, 0, sizeof m);
         if (mmdit_load_dir(&m, dir, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
@@ -106,21 +106,23 @@ static int bench_mmdit(int size, int with_f32) {
         if (bits && quant_mmdit(&m, bits, &m.w, NULL, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
         tq[v] = sd3_time() - t0;
         if (bits) weights_release_pages(&m.w);
+        int old = k_set_precision(v == 3);
         if (mmdit_forward(&m, x, 1, qh, qh, ctx, qS, pooled, t, NULL, 0, v ? got : ref, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+        k_set_precision(old);
         if (v) rel_err(got, ref, nq, &rel[v], &mxr[v]);
-        if (v || with_f32) {
+        if (v == 1 || v == 2 || (v == 0 && with_f32)) {
             t0 = sd3_time();
             if (mmdit_forward(&m, x, 2, size / 8, size / 8, ctx, 333, pooled, t, NULL, 0, got, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
             tf[v] = sd3_time() - t0;
         }
         printf("mmdit sd3-medium %-5s: quantise %.1f s | one forward 256^2 batch 1: rel L2 vs f32 %.4f, max |diff| / max |ref| %.4f | "
                "CFG step (batch 2) at %d^2, 333 text tokens: %.2f s | peak RSS %.2f GB\n",
-               v == 0 ? "f32" : v == 1 ? "int8" : "int4", tq[v], rel[v], mxr[v], size, tf[v], sd3_peak_rss() / 1e9);
+               v == 0 ? "f32" : v == 1 ? "int8" : v == 2 ? "int4" : "bf16dot", tq[v], rel[v], mxr[v], size, tf[v], sd3_peak_rss() / 1e9);
         fflush(stdout);
         mmdit_free(&m);
     }
-    printf("{\"mmdit_int8_rel_l2\": %.5f, \"mmdit_int4_rel_l2\": %.5f, \"cfg_step_s_f32\": %.2f, \"cfg_step_s_int8\": %.2f, "
-           "\"cfg_step_s_int4\": %.2f, \"size\": %d}\n", rel[1], rel[2], tf[0], tf[1], tf[2], size);
+    printf("{\"mmdit_int8_rel_l2\": %.5f, \"mmdit_int4_rel_l2\": %.5f, \"mmdit_bf16dot_rel_l2\": %.5f, \"cfg_step_s_f32\": %.2f, "
+           "\"cfg_step_s_int8\": %.2f, \"cfg_step_s_int4\": %.2f, \"size\": %d}\n", rel[1], rel[2], rel[3], tf[0], tf[1], tf[2], size);
     return 0;
 }
 
@@ -136,9 +138,9 @@ static int bench_t5(int tokens, int layers) {
     for (int i = 0; i < tokens; i++) ids[i] = (i * 7919 + 13) % 32000 + 3;
     ids[tokens - 1] = 1;
     float *ref = sd3_malloc(sizeof(float) * 4096 * (size_t)tokens), *got = sd3_malloc(sizeof(float) * 4096 * (size_t)tokens);
-    double rel[3] = {0}, mxr[3] = {0};
-    for (int v = 0; v < 3; v++) {
-        int bits = v == 0 ? 0 : v == 1 ? 8 : 4;
+    double rel[4] = {0}, mxr[4] = {0};
+    for (int v = 0; v < 4; v++) {   /* 0: f32, 1: int8, 2: int4, 3: f32 weights with the bf16 dot-product mode */
+        int bits = v == 1 ? 8 : v == 2 ? 4 : 0;
         weights w;
         t5_model m;
         if (weights_open_dir(&w, dir, "model", &err) || t5_load(&m, &w, cfg, "t5xxl", &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
@@ -147,17 +149,21 @@ static int bench_t5(int tokens, int layers) {
         double tq = sd3_time() - t0;
         if (bits) weights_release_pages(&w);
         t0 = sd3_time();
+        int old = k_set_precision(v == 3);
         if (t5_forward_hidden(&m, ids, 1, tokens, layers ? layers : -1, v ? got : ref, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+        k_set_precision(old);
         double tf = sd3_time() - t0;
         if (v) rel_err(got, ref, (size_t)4096 * tokens, &rel[v], &mxr[v]);
         printf("t5xxl %-5s: quantise %.1f s | forward (%d tokens, %s): %.2f s | rel L2 vs f32 %.4f, max |diff| / max |ref| %.4f | peak RSS %.2f GB\n",
-               v == 0 ? "f32" : v == 1 ? "int8" : "int4", tq, tokens, layers ? "hidden state after the given blocks" : "last_hidden_state",
+               v == 0 ? "f32" : v == 1 ? "int8" : v == 2 ? "int4" : "bf16dot", tq, tokens,
+               layers ? "hidden state after the given blocks" : "last_hidden_state",
                tf, rel[v], mxr[v], sd3_peak_rss() / 1e9);
         fflush(stdout);
         t5_free(&m);
         weights_close(&w);
     }
-    printf("{\"t5_int8_rel_l2\": %.5f, \"t5_int4_rel_l2\": %.5f, \"tokens\": %d, \"layers\": %d}\n", rel[1], rel[2], tokens, layers);
+    printf("{\"t5_int8_rel_l2\": %.5f, \"t5_int4_rel_l2\": %.5f, \"t5_bf16dot_rel_l2\": %.5f, \"tokens\": %d, \"layers\": %d}\n",
+           rel[1], rel[2], rel[3], tokens, layers);
     cJSON_Delete(cfg);
     return 0;
 }
