@@ -190,58 +190,76 @@ static inline __m512i bcast4(const uint8_t *a, int q) {
     return _mm512_set1_epi32(v);
 }
 
-/* Microkernel: rows [0, mr) of A (stride lda) times one packed panel, MR x 32 outputs. Per-row scales
- * (blocked = 0): one block, the int32 sums are scaled once at the end. */
-static inline __attribute__((always_inline)) void ukr(const int MR, const int blocked, int mr, int nr, const qjob *j,
-                                                      const uint8_t *A, const int8_t *P, const float *sa,
-                                                      const float *bias, float *y) {
+/* acc += dot4(u8 a, s8 w) per lane, in place: GCC's _mm512_dpbusd_epi32 copies the accumulator around
+ * every instruction in unrolled loops (two extra moves per vpdpbusd); the asm ties it to one register. */
+#define DPBUSD(acc, a, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w))
+
+/* Per-row scales, 8 rows x 32 columns, written out with named accumulators (GCC shuffled the array form
+ * through the stack): 16 int32 accumulators, 2 weight vectors, 1 broadcast. */
+#define QROW_DECL(r) __m512i c##r##0 = c0, c##r##1 = c1; const uint8_t *a##r = A + (r < mr ? r : 0) * lda;
+#define QROW_STEP(r)                                                                                       \
+    {                                                                                                      \
+        __m512i a = bcast4(a##r, q);                                                                       \
+        DPBUSD(c##r##0, a, w0);                                                                            \
+        DPBUSD(c##r##1, a, w1);                                                                            \
+    }
+#define QROW_OUT(r) f0[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(c##r##0), s0), f1[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(c##r##1), s1);
+
+static void ukr_row(int mr, int nr, const qjob *j, const uint8_t *A, const int8_t *P, const float *sa, const float *bias,
+                    float *y) {
+    const int64_t lda = j->Kp;
+    const int Kq = j->Kp / 4;
+    const int32_t *corr = (const int32_t *)(P + (size_t)j->Kp * PANEL);
+    const float *scl = (const float *)(corr + PANEL);
+    const __m512i c0 = _mm512_load_si512(corr), c1 = _mm512_load_si512(corr + 16);
+    QROW_DECL(0) QROW_DECL(1) QROW_DECL(2) QROW_DECL(3) QROW_DECL(4) QROW_DECL(5) QROW_DECL(6) QROW_DECL(7)
+    for (int q = 0; q < Kq; q++) {
+        const __m512i w0 = _mm512_load_si512(P + (size_t)q * 128), w1 = _mm512_load_si512(P + (size_t)q * 128 + 64);
+        QROW_STEP(0) QROW_STEP(1) QROW_STEP(2) QROW_STEP(3) QROW_STEP(4) QROW_STEP(5) QROW_STEP(6) QROW_STEP(7)
+    }
+    const __m512 s0 = _mm512_load_ps(scl), s1 = _mm512_load_ps(scl + 16);   /* fma(d, s, 0) == d s */
+    __m512 f0[8], f1[8];
+    QROW_OUT(0) QROW_OUT(1) QROW_OUT(2) QROW_OUT(3) QROW_OUT(4) QROW_OUT(5) QROW_OUT(6) QROW_OUT(7)
+    store_tile(8, f0, f1, mr, nr, sa, bias, y, j->N);
+}
+
+/* Block scales, 6 rows x 32 columns: per block the int32 sums start at the block's corrections and are
+ * scaled into 12 float accumulators. */
+#define QBLK_DECL(r) __m512i c##r##0, c##r##1; __m512 f##r##0 = _mm512_setzero_ps(), f##r##1 = _mm512_setzero_ps(); \
+    const uint8_t *a##r = A + (r < mr ? r : 0) * lda;
+#define QBLK_INIT(r) c##r##0 = k0, c##r##1 = k1;
+#define QBLK_STEP(r)                                                                                       \
+    {                                                                                                      \
+        __m512i a = bcast4(a##r, q0 + q);                                                                  \
+        DPBUSD(c##r##0, a, w0);                                                                            \
+        DPBUSD(c##r##1, a, w1);                                                                            \
+    }
+#define QBLK_ACC(r) f##r##0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c##r##0), s0, f##r##0), \
+                    f##r##1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c##r##1), s1, f##r##1);
+#define QBLK_OUT(r) f0[r] = f##r##0, f1[r] = f##r##1;
+
+static void ukr_blk(int mr, int nr, const qjob *j, const uint8_t *A, const int8_t *P, const float *sa, const float *bias,
+                    float *y) {
     const int64_t lda = j->Kp;
     const int qq = j->qb / 4;
     const int32_t *corr = (const int32_t *)(P + (size_t)j->Kp * PANEL);
     const float *scl = (const float *)(corr + (size_t)j->nb * PANEL);
-    const uint8_t *ar[12];
-    for (int r = 0; r < MR; r++) ar[r] = A + (r < mr ? r : 0) * lda;
-    __m512 f0[12], f1[12];
-    __m512i i0[12], i1[12];
-    if (blocked)
-        for (int r = 0; r < MR; r++) f0[r] = f1[r] = _mm512_setzero_ps();
-    for (int b = 0; b < (blocked ? j->nb : 1); b++) {
-        __m512i c0 = _mm512_load_si512(corr + b * PANEL), c1 = _mm512_load_si512(corr + b * PANEL + 16);
-#pragma GCC unroll 12
-        for (int r = 0; r < MR; r++) i0[r] = c0, i1[r] = c1;
+    QBLK_DECL(0) QBLK_DECL(1) QBLK_DECL(2) QBLK_DECL(3) QBLK_DECL(4) QBLK_DECL(5)
+    for (int b = 0; b < j->nb; b++) {
+        const __m512i k0 = _mm512_load_si512(corr + b * PANEL), k1 = _mm512_load_si512(corr + b * PANEL + 16);
+        QBLK_INIT(0) QBLK_INIT(1) QBLK_INIT(2) QBLK_INIT(3) QBLK_INIT(4) QBLK_INIT(5)
         const int8_t *pb = P + (size_t)b * qq * 128;
         const int q0 = b * qq;
         for (int q = 0; q < qq; q++) {
-            __m512i w0 = _mm512_load_si512(pb + q * 128), w1 = _mm512_load_si512(pb + q * 128 + 64);
-#pragma GCC unroll 12
-            for (int r = 0; r < MR; r++) {
-                __m512i a = bcast4(ar[r], q0 + q);
-                i0[r] = _mm512_dpbusd_epi32(i0[r], a, w0);
-                i1[r] = _mm512_dpbusd_epi32(i1[r], a, w1);
-            }
+            const __m512i w0 = _mm512_load_si512(pb + q * 128), w1 = _mm512_load_si512(pb + q * 128 + 64);
+            QBLK_STEP(0) QBLK_STEP(1) QBLK_STEP(2) QBLK_STEP(3) QBLK_STEP(4) QBLK_STEP(5)
         }
-        __m512 s0 = _mm512_load_ps(scl + b * PANEL), s1 = _mm512_load_ps(scl + b * PANEL + 16);
-#pragma GCC unroll 12
-        for (int r = 0; r < MR; r++) {
-            if (blocked) {
-                f0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0[r]), s0, f0[r]);
-                f1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1[r]), s1, f1[r]);
-            } else {
-                f0[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(i0[r]), s0);   /* == fma(d, s, 0) */
-                f1[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(i1[r]), s1);
-            }
-        }
+        const __m512 s0 = _mm512_load_ps(scl + b * PANEL), s1 = _mm512_load_ps(scl + b * PANEL + 16);
+        QBLK_ACC(0) QBLK_ACC(1) QBLK_ACC(2) QBLK_ACC(3) QBLK_ACC(4) QBLK_ACC(5)
     }
-    store_tile(MR, f0, f1, mr, nr, sa, bias, y, j->N);
-}
-
-static void ukr_row(int mr, int nr, const qjob *j, const uint8_t *A, const int8_t *P, const float *sa, const float *bias,
-                    float *y) {
-    ukr(8, 0, mr, nr, j, A, P, sa, bias, y);
-}
-static void ukr_blk(int mr, int nr, const qjob *j, const uint8_t *A, const int8_t *P, const float *sa, const float *bias,
-                    float *y) {
-    ukr(6, 1, mr, nr, j, A, P, sa, bias, y);
+    __m512 f0[6], f1[6];
+    QBLK_OUT(0) QBLK_OUT(1) QBLK_OUT(2) QBLK_OUT(3) QBLK_OUT(4) QBLK_OUT(5)
+    store_tile(6, f0, f1, mr, nr, sa, bias, y, j->N);
 }
 
 /* One task: rows [mb tm, mb tm + mb) x panels [PG tp, PG tp + PG). */
