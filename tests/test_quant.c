@@ -28,6 +28,7 @@
 #include "quant/quant.h"
 #include "quant/quant_models.h"
 #include "text/t5.h"
+#include "text/te_single.h"
 #include "sd3.h"
 #include "bench/synth.h"
 #include "test.h"
@@ -522,6 +523,23 @@ static float *gen_latents(const char *model, int t5q, int mmq, int64_t *n) {
     return lat;
 }
 
+/* A quantised T5 file (int4: packed [N, K/2] bytes on disk) infers the same config as the float file. */
+static void test_t5_infer(void) {
+    char src[4096], dst[600];
+    sd3_err err = {0};
+    gpath(src, sizeof src, "tiny-sd3/text_encoder_3/model.safetensors");
+    snprintf(dst, sizeof dst, "%s/t5_q4.safetensors", g_tmp);
+    CHECK(quant_file(src, dst, 4, 0, 0, NULL, &err) == SD3_OK, "%s", err.msg);
+    weights a, b;
+    if (weights_open_file(&a, src, &err) || weights_open_file(&b, dst, &err)) { CHECK(0, "%s", err.msg); return; }
+    cJSON *ca = te_t5_config_infer(&a, "float", &err), *cb = te_t5_config_infer(&b, "int4", &err);
+    char *sa = ca ? cJSON_PrintUnformatted(ca) : NULL, *sb = cb ? cJSON_PrintUnformatted(cb) : NULL;
+    CHECK(sa && sb && !strcmp(sa, sb), "inferred T5 config of the int4 file: %s vs %s (%s)", sb ? sb : "-", sa ? sa : "-", err.msg);
+    free(sa), free(sb);
+    cJSON_Delete(ca), cJSON_Delete(cb);
+    weights_close(&a), weights_close(&b);
+}
+
 static int g_nlines = 0;
 static void count_line(const char *line, void *user) { (void)line, (void)user; g_nlines++; }
 
@@ -656,6 +674,7 @@ int main(int argc, char **argv) {
         test_mmdit_quality();
         test_quantized_files();
         test_quantize_pipeline();
+        test_t5_infer();
         test_full_size();
     } else CHECK(0, "golden data not found: %s (pass the golden root as argument or set SD3_GOLDEN)", probe);
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);

@@ -304,6 +304,8 @@ int comp_joint_width(const model_store *ms) {
     if (st_open(&f, ms->path, &e)) return J;
     const st_entry *t = st_find(f, "model.diffusion_model.context_embedder.weight");
     if (t && t->ndim == 2) J = (int)t->shape[1];
+    /* an int4 pair written by `sd3 quantize` stores [C, J/2] packed bytes (quant.h) */
+    if (t && t->ndim == 2 && t->dt == DT_U8 && st_find(f, "model.diffusion_model.context_embedder.weight.qscale")) J *= 2;
     st_close(f);
     return J;
 }

@@ -67,12 +67,14 @@ sd3_status te_find(const st_file *f, te_role role, char *prefix, size_t n, sd3_e
 /* Get a tensor's shape (rank must be ndim); errors name the file and the key. */
 static sd3_status shape_of(const weights *w, const char *key, int ndim, int64_t *d0, int64_t *d1, const char *label,
                            sd3_err *err) {
-    const st_entry *e = weights_find(w, key, NULL);
-    if (!e) return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: tensor '%s%s' is missing", label, w->prefix, key);
-    if (e->ndim != ndim)
-        return sd3_errf(err, SD3_ERR_SHAPE, "%s: tensor '%s%s' has rank %d, expected %d", label, w->prefix, key, e->ndim, ndim);
-    *d0 = e->shape[0];
-    if (d1) *d1 = ndim > 1 ? e->shape[1] : 0;
+    if (!weights_find(w, key, NULL)) return sd3_errf(err, SD3_ERR_NOT_FOUND, "%s: tensor '%s%s' is missing", label, w->prefix, key);
+    tensor t;   /* through weights_get: a stored quantised pair has its logical [N, K] shape (quant.h) */
+    sd3_status s = weights_get(w, key, &t, err);
+    if (s != SD3_OK) return s;
+    if (t.ndim != ndim)
+        return sd3_errf(err, SD3_ERR_SHAPE, "%s: tensor '%s%s' has rank %d, expected %d", label, w->prefix, key, t.ndim, ndim);
+    *d0 = t.shape[0];
+    if (d1) *d1 = ndim > 1 ? t.shape[1] : 0;
     return SD3_OK;
 }
 
