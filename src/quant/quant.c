@@ -1,6 +1,8 @@
 /* quant.c — making, storing and binding quantised linear weights (see quant.h for the rules and format). */
 #include <math.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include "kernels/kernels_q.h"
 #include "quant/quant.h"
 
@@ -212,6 +214,15 @@ int quant_key_class(const char *key, const tensor *t, int mmdit_file) {
     return 0;
 }
 
+/* Drop the resident pages wholly inside [p, p + n) of f's file mapping (a float weight already quantised: the
+ * copy in memory is what gets written), so quantising a 10 GB T5 does not hold its pages. */
+static void drop_mapped(const st_file *f, const void *p, size_t n) {
+    if (f->fd < 0 || !f->map || (const char *)p < (const char *)f->map || (const char *)p + n > (const char *)f->map + f->size) return;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a0 = ((uintptr_t)p + pg - 1) & ~(pg - 1), a1 = ((uintptr_t)p + n) & ~(pg - 1);
+    if (a1 > a0) madvise((void *)a0, a1 - a0, MADV_DONTNEED);
+}
+
 sd3_status quant_file(const char *in, const char *out, int t5_bits, int mmdit_bits, int mmdit_file, int *n_quant,
                       sd3_err *err) {
     if (n_quant) *n_quant = 0;
@@ -243,6 +254,7 @@ sd3_status quant_file(const char *in, const char *out, int t5_bits, int mmdit_bi
         }
         tensor *q = &qs[nq];
         if ((s = quant_tensor(q, &t, bits, err)) != SD3_OK) { sd3_err_prefix(err, "%s: tensor '%s'", in, e->name); break; }
+        drop_mapped(f, e->data, (size_t)(e->end - e->begin));
         nq++;
         any8 |= bits == 8, any4 |= bits == 4;
         int64_t N = q->shape[0], K = q->shape[1], cs[2] = {N, bits == 8 ? K : K / 2}, ss[2] = {N, K / q->qblock};
