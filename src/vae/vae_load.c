@@ -38,7 +38,7 @@ sd3_status vae_config_validate(const vae_config *c, const char *label, sd3_err *
     if (c->n_levels < 1 || c->n_levels > VAE_MAX_LEVELS)
         return sd3_errf(err, SD3_ERR_UNSUPPORTED, "%s: block_out_channels has %d entries (1..%d supported)", label,
                         c->n_levels, VAE_MAX_LEVELS);
-    if (c->layers_per_block < 1 || c->layers_per_block + 1 > VAE_MAX_RESNETS)
+    if (c->layers_per_block < 1 || c->layers_per_block > VAE_MAX_RESNETS - 1)
         return sd3_errf(err, SD3_ERR_UNSUPPORTED, "%s: layers_per_block %d (1..%d supported)", label,
                         c->layers_per_block, VAE_MAX_RESNETS - 1);
     if (c->norm_num_groups < 1)
@@ -56,8 +56,8 @@ sd3_status vae_config_validate(const vae_config *c, const char *label, sd3_err *
     }
     if (!(c->scaling_factor > 0))
         return sd3_errf(err, SD3_ERR_FORMAT, "%s: scaling_factor %g must be positive", label, c->scaling_factor);
-    if (c->sample_size < 1)
-        return sd3_errf(err, SD3_ERR_FORMAT, "%s: sample_size %d must be positive", label, c->sample_size);
+    if (c->sample_size < 1 || c->sample_size > 1 << 20)
+        return sd3_errf(err, SD3_ERR_FORMAT, "%s: sample_size %d must be in 1..1048576", label, c->sample_size);
     return SD3_OK;
 }
 
@@ -91,8 +91,10 @@ sd3_status vae_config_load(vae_config *c, const char *path, sd3_err *err) {
     c->norm_num_groups = json_int(j, "norm_num_groups", 32);
     c->sample_size = json_int(j, "sample_size", 32);
     const cJSON *ss = cJSON_GetObjectItemCaseSensitive(j, "sample_size");
-    if (cJSON_IsArray(ss) && cJSON_IsNumber(cJSON_GetArrayItem(ss, 0)))   /* [h, w]: diffusers tiles with the first */
-        c->sample_size = (int)cJSON_GetArrayItem(ss, 0)->valuedouble;
+    if (cJSON_IsArray(ss) && cJSON_IsNumber(cJSON_GetArrayItem(ss, 0))) {  /* [h, w]: diffusers tiles with the first */
+        double v = cJSON_GetArrayItem(ss, 0)->valuedouble;
+        c->sample_size = (v >= 1 && v <= 1 << 20) ? (int)v : -1;  /* out of range: refused by the validation */
+    }
     c->scaling_factor = json_num(j, "scaling_factor", 0.18215);
     c->shift_factor = json_num(j, "shift_factor", 0.0);     /* null in SD1/SDXL configs = no shift */
     c->use_quant_conv = json_bool(j, "use_quant_conv", 1);
