@@ -114,6 +114,8 @@ typedef struct sd3_gen_params {
     const float *lora_scales;   /* one scale per LoRA (NULL = all 1) */
     int n_loras;
     int lora_lenient;           /* keys that map onto nothing are warnings instead of errors */
+    int vae_tiling;             /* tile the VAE as diffusers' enable_tiling() does (bounded memory at large sizes;
+                                   otherwise it tiles only above 1536 x 1536) */
     sd3_progress_fn progress;
     void *progress_user;
 } sd3_gen_params;

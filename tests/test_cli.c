@@ -154,7 +154,12 @@ int main(int argc, char **argv) {
     expect_fail(args, "match no Linear");
     expect_fail("-p x --lora /nonexistent/lora.safetensors", "/nonexistent/lora.safetensors");
 
-    /* 7. the bad-input matrix */
+    /* 7. --vae-tiling runs the tiled decoder (tiny VAE tiles at 32 px, so 256 x 256 is many tiles) */
+    rc = run(out, sizeof out, "%s -m %s/tiny-sd3 -p 'a cat' -W 256 -H 256 --steps 1 --seed 1 --vae-tiling -o %s/tiled.png",
+             sd3_bin, golden, tmpdir);
+    CHECK(rc == 0 && strstr(out, "tiled.png"), "--vae-tiling: %s", out);
+
+    /* 8. the bad-input matrix */
     expect_fail("-p x -W 100", "multiples of 16");
     expect_fail("-p x -H 0", "out of range");
     expect_fail("-p x --steps 0", "--steps");

@@ -80,6 +80,7 @@ static void usage_generate(FILE *f) {
             "      --precision P         fp32 (exact, default) | bf16 (bf16 products) | int8 | int4 (quantised MMDiT)\n"
             "      --lora FILE[:SCALE]   apply a LoRA to the transformer (repeatable; scale default 1)\n"
             "      --lora-lenient        LoRA keys that match nothing are warnings, not errors\n"
+            "      --vae-tiling          tiled VAE as diffusers' enable_tiling (less memory; tiles anyway above 1536^2)\n"
             "  -v, --verbose\n",
             d.width, d.height, d.steps, (double)d.cfg_scale, d.max_sequence_length, (double)d.strength);
 }
@@ -275,6 +276,7 @@ static int cmd_generate(int argc, char **argv) {
             gp.loras = lora_ptr;
             gp.lora_scales = lora_scale;
         } else if (!strcmp(a, "--lora-lenient")) gp.lora_lenient = 1;
+        else if (!strcmp(a, "--vae-tiling")) gp.vae_tiling = 1;
         else if (!strcmp(a, "--no-t5")) mp.no_t5 = 1;
         else if (!strcmp(a, "--precision")) {
             const char *v = NEXT();

@@ -66,7 +66,7 @@ static sd3_status img2img_latents(const model_store *ms, const pipe_req *r, torc
         s = sd3_errf(err, SD3_ERR_SHAPE, "vae has %d latent channels, the transformer %d", v.cfg.latent_channels, L);
         goto done;
     }
-    s = (int64_t)r->height * r->width > VAE_TILE_ABOVE_PIXELS && vae_encode_wants_tiling(&v, r->height, r->width)
+    s = (r->vae_tiling || (int64_t)r->height * r->width > VAE_TILE_ABOVE_PIXELS) && vae_encode_wants_tiling(&v, r->height, r->width)
             ? vae_encode_tiled(&v, r->init_image, 1, 3, r->height, r->width, mom, err)
             : vae_encode(&v, r->init_image, 1, 3, r->height, r->width, mom, NULL, err);
     if (s) goto done;
@@ -285,7 +285,7 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
             goto done;
         }
         vae_latents_to_decoder(&vm.cfg, o->latents, z, (size_t)nlat);
-        s = (int64_t)H * W > VAE_TILE_ABOVE_PIXELS && vae_decode_wants_tiling(&vm, h, w) ? vae_decode_tiled(&vm, z, B, L, h, w, o->decoded, err)
+        s = (r->vae_tiling || (int64_t)H * W > VAE_TILE_ABOVE_PIXELS) && vae_decode_wants_tiling(&vm, h, w) ? vae_decode_tiled(&vm, z, B, L, h, w, o->decoded, err)
                                                : vae_decode(&vm, z, B, L, h, w, o->decoded, NULL, err);
         sd3_free(z);
         vae_free(&vm);

@@ -39,6 +39,8 @@ typedef struct pipe_req {
     int lora_lenient;
     const float *mask;          /* inpainting: (height, width) binarised mask, 1 = repaint (needs init_image) */
     int decode;                 /* run the VAE (else stop at the latents) */
+    int vae_tiling;             /* 1: tiled VAE whenever diffusers' enable_tiling would tile (bounded memory);
+                                   0: only above VAE_TILE_ABOVE_PIXELS (untiled = diffusers' default output) */
     int mmdit_quant;            /* 0, or 8 / 4: the transformer's Linears quantised at load (quant_models.h) */
     sd3_progress_fn progress;
     void *progress_user;

@@ -136,6 +136,7 @@ sd3_status sd3_generate(sd3_ctx *ctx, const sd3_gen_params *p, sd3_image *images
     r.skip_layers = p->skip_layers;
     r.n_skip_layers = p->n_skip_layers;
     r.decode = 1;
+    r.vae_tiling = p->vae_tiling;
     r.loras = p->loras;
     r.lora_scales = p->lora_scales;
     r.n_loras = p->n_loras;
