@@ -35,6 +35,7 @@ static const char *prog = "sd3";
 /* Subcommands that live in their own files (tools/NAME_cli.c). */
 int sd3_cmd_train_lora(int argc, char **argv); /* tools/train_cli.c */
 int sd3_cmd_bench(int argc, char **argv);      /* tools/bench_cli.c */
+int sd3_cmd_quantize(int argc, char **argv);   /* tools/quant_cli.c */
 
 /* Print a one-line error and exit with status 1 (2 for usage errors). */
 static void die(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
@@ -94,6 +95,8 @@ static void usage(FILE *f) {
                "  encode     write prompt embeddings to a .safetensors file (-m MODEL -p TEXT -o FILE)\n"
                "  train-lora DreamBooth LoRA fine-tuning of the transformer (sd3 train-lora --help)\n"
                "  bench      time a component on full-size random weights (sd3 bench --help)\n"
+               "  quantize   write an int8/int4 copy of a pipeline, component or file (sd3 quantize IN OUT [--t5 int8|int4|keep]\n"
+               "             [--precision int8|int4|keep] [--component auto|mmdit|t5])\n"
                "  version    print version and detected CPU features\n"
                "Run 'sd3 generate --help' for the generation options.\n");
 }
@@ -562,6 +565,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     if (!strcmp(cmd, "train-lora")) return sd3_cmd_train_lora(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench")) return sd3_cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(cmd, "quantize")) return sd3_cmd_quantize(argc - 2, argv + 2);
     if (!strcmp(cmd, "encode")) return cmd_encode(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
     if (cmd[0] == '-') return cmd_generate(argc - 1, argv + 1);
