@@ -159,7 +159,15 @@ int main(int argc, char **argv) {
              sd3_bin, golden, tmpdir);
     CHECK(rc == 0 && strstr(out, "tiled.png"), "--vae-tiling: %s", out);
 
-    /* 8. the bad-input matrix */
+    /* 8. sd3 quantize: a quantised copy generates exactly what on-the-fly int8 generates */
+    rc = run(out, sizeof out, "%s quantize %s/tiny-sd3 %s/q8 --t5 int8 --precision int8 && "
+                              "%s -m %s/q8 -p 'a cat' -W 64 -H 64 --steps 2 --seed 3 --save-latents %s/q8a.safetensors -o %s/q8a.png && "
+                              "%s -m %s/tiny-sd3 -p 'a cat' -W 64 -H 64 --steps 2 --seed 3 --t5 int8 --precision int8 "
+                              "--save-latents %s/q8b.safetensors -o %s/q8b.png && cmp %s/q8a.safetensors %s/q8b.safetensors",
+             sd3_bin, golden, tmpdir, sd3_bin, tmpdir, tmpdir, tmpdir, sd3_bin, golden, tmpdir, tmpdir, tmpdir, tmpdir);
+    CHECK(rc == 0, "quantize round trip: %s", out);
+
+    /* 9. the bad-input matrix */
     expect_fail("-p x -W 100", "multiples of 16");
     expect_fail("-p x -H 0", "out of range");
     expect_fail("-p x --steps 0", "--steps");
