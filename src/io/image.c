@@ -26,11 +26,12 @@ static int jpeg_dht_ok(const uint8_t *d, size_t n) {
         if (m == 0xD9) return 1;                        /* EOI */
         size_t L = ((size_t)d[i + 2] << 8) | d[i + 3];
         if (m == 0xC4) {                                /* DHT: tables of 1 + 16 counts + values */
+            /* stb reads the whole declared segment, with zeros past the end of the file, so a table whose
+             * count bytes are only partly present is still built: sum what is there */
             size_t p = i + 4, end = i + 2 + L;
-            if (end > n) end = n;
-            while (p + 17 <= end) {
+            while (p < end) {
                 size_t codes = 0;
-                for (int k = 0; k < 16; k++) codes += d[p + 1 + k];
+                for (int k = 0; k < 16; k++) codes += (p + 1 + k < n) ? d[p + 1 + k] : 0;
                 if (codes > 256) return 0;
                 p += 17 + codes;
             }
@@ -129,7 +130,7 @@ sd3_status image_write_png(const image *img, const char *path, const image_text 
     png_errbuf eb = {{0}};
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &eb, png_err_fn, png_warn_fn);
     png_infop info = png ? png_create_info_struct(png) : NULL;
-    png_textp tx = NULL;
+    png_textp volatile tx = NULL;  /* volatile: read after png_error longjmps back to setjmp */
     if (!png || !info) {
         png_destroy_write_struct(&png, &info);
         fclose(f);
