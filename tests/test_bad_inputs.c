@@ -913,6 +913,12 @@ static void test_images(void) {
     write_file(f, b, n);
     GEN(tiny, "-p", "x", "--init-img", f);
     expect_clean_failure("JPEG whose DHT runs past the end (2550 codes)", "Huffman");
+    b[0] = 0xFF;   /* FF FF D8 ...: stb skips fill bytes before SOI, so this is a JPEG to it */
+    n = jpeg_bad_dht(b + 1) + 1;
+    snprintf(f, sizeof f, "%s/dht_fill.jpg", tmpdir);
+    write_file(f, b, n);
+    GEN(tiny, "-p", "x", "--init-img", f);
+    expect_clean_failure("JPEG with a fill byte before SOI and 4080 Huffman codes", "Huffman");
 
     /* an odd-sized image with no -W/-H: its size is not a multiple of 16 */
     {
