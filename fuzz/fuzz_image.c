@@ -53,8 +53,21 @@ static int dht_partial_table_overflows(const uint8_t *d, size_t n) {
     return 0;
 }
 
+/* Known stb 2.27 bug (reported; fixed upstream in 2.28): stbi__pnm_getinteger multiplies by 10 without an
+ * overflow check (UBSan: "1111111111 * 10 cannot be represented in type 'int'", stb_image.h:7487), so a
+ * PNM header with a 10+-digit number is UB. Skipped while image.c hands PNM files to stb. */
+static int pnm_huge_number(const uint8_t *d, size_t n) {
+    if (n < 2 || d[0] != 'P' || d[1] < '1' || d[1] > '7') return 0;
+    int run = 0;
+    for (size_t i = 2; i < n && i < 4096; i++) {
+        run = (d[i] >= '0' && d[i] <= '9') ? run + 1 : 0;
+        if (run >= 10) return 1;
+    }
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (FZ_SKIP_KNOWN && dht_partial_table_overflows(data, size)) return 0;
+    if (FZ_SKIP_KNOWN && (dht_partial_table_overflows(data, size) || pnm_huge_number(data, size))) return 0;
     /* Legal but large images (an 84-byte RLE TGA can claim 2614 x 12595 pixels; image.h allows up to
      * 64 Mpixels) take seconds to decode under ASan and teach the fuzzer nothing new: skip those between
      * 4 Mpixels and the limit (over the limit, image_load must refuse from the header: still run). JPEGs
