@@ -66,8 +66,23 @@ static int pnm_huge_number(const uint8_t *d, size_t n) {
     return 0;
 }
 
+/* Known stb 2.27 bug (reported): a 16-bit PNM (maxval > 255) is read into a buffer sized for 8 bits and
+ * then converted as 16-bit, reading past the heap buffer (ASan: heap-buffer-overflow in
+ * stbi__convert_16_to_8, stb_image.h:1180; a 24-byte P5 file does it). Skipped: every PNM whose header
+ * has a number above 255 (a cheap superset of "maxval > 255"). */
+static int pnm_16bit(const uint8_t *d, size_t n) {
+    if (n < 2 || d[0] != 'P' || (d[1] != '5' && d[1] != '6')) return 0;
+    long v = -1;
+    for (size_t i = 2; i < n && i < 4096; i++) {
+        if (d[i] >= '0' && d[i] <= '9') { v = (v < 0 ? 0 : v) * 10 + (d[i] - '0'); if (v > 255) return 1; }
+        else v = -1;
+    }
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (FZ_SKIP_KNOWN && (dht_partial_table_overflows(data, size) || pnm_huge_number(data, size))) return 0;
+    if (FZ_SKIP_KNOWN && (dht_partial_table_overflows(data, size) || pnm_huge_number(data, size) || pnm_16bit(data, size)))
+        return 0;
     /* Legal but large images (an 84-byte RLE TGA can claim 2614 x 12595 pixels; image.h allows up to
      * 64 Mpixels) take seconds to decode under ASan and teach the fuzzer nothing new: skip those between
      * 4 Mpixels and the limit (over the limit, image_load must refuse from the header: still run). JPEGs

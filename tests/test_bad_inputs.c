@@ -1099,6 +1099,18 @@ static void test_library(void) {
     snprintf(f, sizeof f, "%s/dht_cut.jpg", tmpdir);
     memset(&err, 0, sizeof err);
     CHECK(image_load(&im, f, &err) != SD3_OK && strstr(err.msg, "Huffman"), "truncated DHT jpeg: %s", err.msg);
+    /* regression (fuzz_image): a 24-byte 16-bit PGM makes stb 2.27 read past its heap buffer
+     * (stbi__convert_16_to_8); it must be refused before stb decodes it */
+    {
+        static const uint8_t pgm16[24] = {'P', '5', '\n', '3', 0x0c, 0x0c, 0x0c, '6', 0x0c, 0x0c, 0x0c, 0x0c, 0x0c, 0x0c,
+                                          ' ', '2', '2', '2', '5', '2', 0x0e, 0x0f, 0x10, 0x11};
+        snprintf(f, sizeof f, "%s/pgm16.pgm", tmpdir);
+        write_file(f, pgm16, sizeof pgm16);
+        memset(&err, 0, sizeof err);
+        sd3_status s16 = image_load(&im, f, &err);
+        CHECK(s16 != SD3_OK && strstr(err.msg, "pgm16.pgm"), "16-bit PGM of 6 bytes of data was decoded (%dx%d)", im.w, im.h);
+        if (s16 == SD3_OK) image_free(&im);
+    }
 
     /* model store */
     model_store *ms = NULL;
