@@ -65,6 +65,21 @@ for i, p in enumerate(st_files[:40]):
 put("fuzz_safetensors", "empty_header", st_build([]))
 put("fuzz_safetensors", "scalar_i64", st_build([("x", "I64", [], struct.pack("<q", 7)), ("y", "BOOL", [2], b"\x01\x00")], {"a": "b"}))
 
+# ---- quantised files (src/quant/quant.h format): q8_row and q4_block32 pairs, both in one file ----
+def f32s(vals):
+    return b"".join(struct.pack("<f", v) for v in vals)
+
+
+q8 = [("blk.q.weight", "I8", [4, 32], bytes((i * 7) % 255 - 127 & 0xFF for i in range(128))),
+      ("blk.q.weight.qscale", "F32", [4, 1], f32s([0.01, 0.02, 0.0, 0.5]))]
+q4 = [("blk.wo.weight", "U8", [2, 32], bytes((i * 13) & 0xFF for i in range(64))),
+      ("blk.wo.weight.qscale", "F32", [2, 2], f32s([0.1, 0.2, 0.3, 0.0]))]
+plain = [("blk.ln.weight", "F32", [4], f32s([1, 1, 1, 1]))]
+put("fuzz_quant", "q8_row", st_build(q8 + plain, {"sd3c.quant": "q8_row", "sd3c.quant.version": "1"}))
+put("fuzz_quant", "q4_block32", st_build(q4 + plain, {"sd3c.quant": "q4_block32", "sd3c.quant.version": "1"}))
+put("fuzz_quant", "both", st_build(q8 + q4, {"sd3c.quant": "q8_row", "sd3c.quant.version": "1"}))
+put("fuzz_quant", "no_meta", st_build(q8))
+
 # ---- configs and model_index.json ----
 for t in TINY:
     tag = os.path.basename(t)
