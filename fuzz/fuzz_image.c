@@ -80,7 +80,22 @@ static int pnm_16bit(const uint8_t *d, size_t n) {
     return 0;
 }
 
+/* Known bug (reported; regression case in tests/test_bad_inputs.c): image_read_png_text sets no libpng
+ * chunk size limit, so a PNG chunk claiming ~2 GB is allocated (and touched) before the short read fails
+ * (libFuzzer out-of-memory in `sd3 info`). Skipped: PNGs with a chunk length over 64 MB. */
+static int png_huge_chunk(const uint8_t *d, size_t n) {
+    static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    if (n < 8 || memcmp(d, sig, 8)) return 0;
+    for (size_t i = 8; i + 8 <= n;) {
+        uint32_t L = (uint32_t)d[i] << 24 | (uint32_t)d[i + 1] << 16 | (uint32_t)d[i + 2] << 8 | d[i + 3];
+        if (L > (64u << 20)) return 1;
+        i += 12 + (size_t)L;
+    }
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (FZ_SKIP_KNOWN && png_huge_chunk(data, size)) return 0;
     if (FZ_SKIP_KNOWN && (dht_partial_table_overflows(data, size) || pnm_huge_number(data, size) || pnm_16bit(data, size)))
         return 0;
     /* Legal but large images (an 84-byte RLE TGA can claim 2614 x 12595 pixels; image.h allows up to

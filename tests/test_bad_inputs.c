@@ -40,6 +40,7 @@ static char sd3_bin[4096], golden[2048], tiny[2300], tmpdir[256], outdir[512], o
 /* ---- running the CLI ---------------------------------------------------------------------------- */
 
 typedef struct run_result {
+    long maxrss_kb;  /* the child's peak resident memory */
     int rc;          /* exit status, or -1 when killed by a signal */
     int sig;         /* the signal, or 0 */
     char out[32768]; /* stdout + stderr */
@@ -73,7 +74,10 @@ static void run_argv(long fsize, const char **args) {
         _exit(127);
     }
     int st = 0;
-    waitpid(pid, &st, 0);
+    struct rusage ru;
+    memset(&ru, 0, sizeof ru);
+    wait4(pid, &st, 0, &ru);
+    R.maxrss_kb = ru.ru_maxrss;
     R.sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
     R.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     FILE *f = fopen(log, "r");
@@ -953,6 +957,20 @@ static void test_images(void) {
     snprintf(f, sizeof f, "%s/huge.png", tmpdir);
     SD3("info", f);
     expect_no_crash("info on a header-only PNG");
+    /* regression (fuzz_image, out-of-memory): a 389-byte PNG whose tEXt chunk claims 2,113,929,223 bytes
+     * made `sd3 info` (libpng, no chunk size limit) allocate and touch 2 GB; reading text chunks must stay
+     * within a bounded size (libpng's png_set_chunk_malloc_max) */
+    {
+        size_t k = png_header_only(b, 8, 8) - 24;   /* signature + IHDR */
+        static const uint8_t text[] = {0x7E, 0x00, 0x00, 0x00, 't', 'E', 'X', 't', 's', 'e', 'e', 'd', 0, '4', '2'};
+        memcpy(b + k, text, sizeof text);
+        k += sizeof text;
+        snprintf(f, sizeof f, "%s/textbomb.png", tmpdir);
+        write_file(f, b, k);
+        SD3("info", f);
+        expect_clean_failure("info on a PNG whose tEXt claims 2 GB", "textbomb.png");
+        CHECK(R.maxrss_kb < 256 * 1024, "sd3 info on a %zu-byte PNG peaked at %ld MB", k, R.maxrss_kb / 1024);
+    }
 }
 
 /* Outputs: unwritable, directories, a full disk. */
