@@ -340,10 +340,10 @@ static int cmd_generate(int argc, char **argv) {
         sd3_err err = {0};
         int64_t shape[4] = {gp.batch, 16, gp.height / 8, gp.width / 8};
         st_writer *w = st_writer_new();
-        if (!w || st_writer_add(w, "latents", DT_F32, 4, shape, lat, &err) || st_writer_meta(w, "format", "sd3c-latents", &err) ||
-            st_writer_write(w, save_latents, &err))
-            die(1, "--save-latents: %s", err.msg[0] ? err.msg : "out of memory");
+        int bad = !w || st_writer_add(w, "latents", DT_F32, 4, shape, lat, &err) ||
+                  st_writer_meta(w, "format", "sd3c-latents", &err) || st_writer_write(w, save_latents, &err);
         st_writer_free(w);
+        if (bad) die(1, "--save-latents: %s", err.msg[0] ? err.msg : "out of memory");
         fprintf(stderr, "wrote %s\n", save_latents);
     }
     free(lat);
@@ -528,13 +528,13 @@ static int cmd_encode(int argc, char **argv) {
     if (encode_prompt(ms, &r, &o, &err) != SD3_OK) die(1, "%s", err.msg);
     st_writer *w = st_writer_new();
     int64_t se[3] = {o.B, o.S, o.J}, sp[2] = {o.B, o.P};
-    if (!w || st_writer_add(w, "prompt_embeds", DT_F32, 3, se, o.pe, &err) ||
-        st_writer_add(w, "pooled_prompt_embeds", DT_F32, 2, sp, o.pooled, &err) ||
-        (r.cfg && (st_writer_add(w, "negative_prompt_embeds", DT_F32, 3, se, o.npe, &err) ||
-                   st_writer_add(w, "negative_pooled_prompt_embeds", DT_F32, 2, sp, o.npooled, &err))) ||
-        st_writer_meta(w, "prompt", p1, &err) || st_writer_meta(w, "model", model, &err) || st_writer_write(w, out, &err))
-        die(1, "%s", err.msg[0] ? err.msg : "out of memory");
+    int bad = !w || st_writer_add(w, "prompt_embeds", DT_F32, 3, se, o.pe, &err) ||
+              st_writer_add(w, "pooled_prompt_embeds", DT_F32, 2, sp, o.pooled, &err) ||
+              (r.cfg && (st_writer_add(w, "negative_prompt_embeds", DT_F32, 3, se, o.npe, &err) ||
+                         st_writer_add(w, "negative_pooled_prompt_embeds", DT_F32, 2, sp, o.npooled, &err))) ||
+              st_writer_meta(w, "prompt", p1, &err) || st_writer_meta(w, "model", model, &err) || st_writer_write(w, out, &err);
     st_writer_free(w);
+    if (bad) die(1, "%s", err.msg[0] ? err.msg : "out of memory");
     encode_out_free(&o);
     ms_close(ms);
     fprintf(stderr, "wrote %s (prompt_embeds [%d, %d, %d], pooled [%d, %d])\n", out, (int)se[0], (int)se[1], (int)se[2],

@@ -15,9 +15,18 @@
  * than 256 Huffman codes (fixed upstream in 2.28; found by our fuzzer). This walks every marker segment
  * (entropy-coded data included: progressive files define tables between scans) and returns 0 for such a
  * file, so it is refused before stb sees it. Non-JPEG or truncated input returns 1 (stb rejects it). */
+/* Where a JPEG's SOI marker ends, or 0 if d is no JPEG. stb takes any run of 0xFF fill bytes before
+ * the D8 (its marker reader skips them), so this does too. */
+static size_t jpeg_soi_end(const uint8_t *d, size_t n) {
+    if (n < 2 || d[0] != 0xFF) return 0;
+    size_t i = 1;
+    while (i < n && d[i] == 0xFF) i++;
+    return (i < n && d[i] == 0xD8) ? i + 1 : 0;
+}
+
 static int jpeg_dht_ok(const uint8_t *d, size_t n) {
-    if (n < 4 || d[0] != 0xFF || d[1] != 0xD8) return 1;
-    size_t i = 2;
+    size_t i = jpeg_soi_end(d, n);
+    if (!i) return 1;
     while (i + 4 <= n) {
         if (d[i] != 0xFF) { i++; continue; }           /* entropy-coded data or fill */
         uint8_t m = d[i + 1];
@@ -66,6 +75,14 @@ sd3_status image_load(image *img, const char *path, sd3_err *err) {
     unsigned char *buf = read_file(f, IMAGE_MAX_FILE, &n);
     fclose(f);
     if (!buf) return sd3_errf(err, SD3_ERR_IO, "%s: cannot read (or larger than %d MB)", path, (int)(IMAGE_MAX_FILE >> 20));
+    /* Only PNG and JPEG are accepted: Debian's stb_image 2.27 has memory-safety bugs in its other readers
+     * (16-bit PNM over-read, PNM integer overflow; found by our fuzzer), and PNG/JPEG are what sd3 takes. */
+    static const unsigned char png_magic[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    int is_png = n >= 8 && !memcmp(buf, png_magic, 8), is_jpeg = jpeg_soi_end(buf, n) != 0;
+    if (!is_png && !is_jpeg) {
+        free(buf);
+        return sd3_errf(err, SD3_ERR_FORMAT, "%s: not a PNG or JPEG image", path);
+    }
     if (!jpeg_dht_ok(buf, n)) {
         free(buf);
         return sd3_errf(err, SD3_ERR_FORMAT, "%s: corrupt JPEG (a Huffman table declares more than 256 codes)", path);
