@@ -201,6 +201,23 @@ sd3_status image_read_png_text(const char *path, void (*fn)(const char *, const 
         fclose(f);
         return sd3_errf(err, SD3_ERR_FORMAT, "%s: not a PNG file", path);
     }
+    /* Walk the chunk headers first: a chunk may not claim more bytes than the file has (libpng would
+     * allocate the claimed size before finding out: a 48-byte file claiming a 2 GB tEXt chunk). */
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return sd3_errf(err, SD3_ERR_IO, "%s: cannot seek", path); }
+    long fsize = ftell(f);
+    for (long pos = 8; pos + 8 <= fsize;) {
+        unsigned char hdr[8];
+        if (fseek(f, pos, SEEK_SET) != 0 || fread(hdr, 1, 8, f) != 8) break;
+        uint32_t len = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) | ((uint32_t)hdr[2] << 8) | hdr[3];
+        if ((int64_t)len > (int64_t)fsize - pos - 12) {
+            fclose(f);
+            return sd3_errf(err, SD3_ERR_FORMAT, "%s: corrupt PNG: chunk '%.4s' claims %u bytes but the file has %ld left", path,
+                            (const char *)hdr + 4, len, fsize - pos - 12 > 0 ? fsize - pos - 12 : 0);
+        }
+        if (!memcmp(hdr + 4, "IEND", 4)) break;
+        pos += 12 + (long)len;
+    }
+    if (fseek(f, 8, SEEK_SET) != 0) { fclose(f); return sd3_errf(err, SD3_ERR_IO, "%s: cannot seek", path); }
     png_errbuf eb = {{0}};
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &eb, png_err_fn, png_warn_fn);
     png_infop info = png ? png_create_info_struct(png) : NULL;
@@ -216,6 +233,11 @@ sd3_status image_read_png_text(const char *path, void (*fn)(const char *, const 
     }
     png_init_io(png, f);
     png_set_sig_bytes(png, 8);
+    /* bounded work for hostile files: a chunk may not make libpng allocate more than 16 MB, and at most
+     * 1000 ancillary chunks are kept */
+    png_set_user_limits(png, IMAGE_MAX_SIDE, IMAGE_MAX_SIDE);
+    png_set_chunk_malloc_max(png, (png_alloc_size_t)16 << 20);
+    png_set_chunk_cache_max(png, 1000);
     png_read_info(png, info);
     png_textp tx;
     int n = 0;
