@@ -6,7 +6,6 @@
  * reader lets through are also safe to compute with).
  */
 #include <cjson/cJSON.h>
-#include <limits.h>
 #include "fuzz_common.h"
 #include "mmdit/mmdit.h"
 #include "sample/flow.h"
@@ -14,26 +13,9 @@
 #include "text/t5.h"
 #include "vae/vae.h"
 
-/* Known bugs (reported; regression cases in tests/test_bad_inputs.c), skipped until fixed so the run goes
- * on (-DFZ_SKIP_KNOWN=0 checks the fixes): vae_config_validate computes layers_per_block + 1, a signed
- * overflow for INT_MAX (UBSan, vae_load.c:41), and vae_config_load casts sample_size[0] of an array to
- * int unchecked (float-cast-overflow beyond int). */
-#ifndef FZ_SKIP_KNOWN
-#define FZ_SKIP_KNOWN 1
-#endif
-static int vae_known_bug(const cJSON *j) {
-    const cJSON *l = cJSON_GetObjectItemCaseSensitive(j, "layers_per_block");
-    if (cJSON_IsNumber(l) && l->valuedouble >= 2147483647.0) return 1;
-    const cJSON *ss = cJSON_GetObjectItemCaseSensitive(j, "sample_size");
-    const cJSON *s0 = cJSON_IsArray(ss) ? cJSON_GetArrayItem(ss, 0) : NULL;
-    if (cJSON_IsNumber(s0) && !(s0->valuedouble > -2147483649.0 && s0->valuedouble < 2147483648.0)) return 1;
-    return 0;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *s = fz_cstr(data, size);
     cJSON *j = cJSON_ParseWithLength(s, size);
-    int skip_vae = FZ_SKIP_KNOWN && j && vae_known_bug(j);
     sd3_err err = {0};
     sd3_status st;
     if (j) {
@@ -73,7 +55,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     /* the VAE reader takes a path: the raw bytes (valid JSON or not) go through the file path */
     char p[512];
-    if (skip_vae) { free(s); return 0; }
     fz_write("config.json", data, size);
     fz_path(p, sizeof p, "config.json");
     vae_config vc;
