@@ -62,6 +62,9 @@ printf '{"model": {"type": "BPE"}}' > "$T/pipe/tokenizer_3/tokenizer.json"
 case_ "error: bad T5 tokenizer"         x generate $G -m "$T/pipe" -p x --steps 1 -o "$T/h.png"
 printf 'not an image' > "$T/bad.png"
 case_ "error: bad init image"           x generate $G -p x --init-img "$T/bad.png" -o "$T/i.png"
+# regression (fuzz_image): a JPEG scan naming a Huffman table no DHT defined makes stb 2.27 read it
+# uninitialised (memcheck: conditional jump on uninitialised values); must be refused before stb
+case_ "error: JPEG with an undefined Huffman table" x generate $G -p x --init-img fuzz/regressions/fuzz_image/stb_jpeg_uninit_huffman.jpg -o "$T/u.png"
 case_ "error: bad latents file"         x generate $G -p x --latents "$T/bad.png" -o "$T/j.png"
 case_ "error: bad flag"                 x generate $G -p x --steps 0
 case_ "error: info on a non-PNG"        x info "$T/bad.png"
