@@ -167,7 +167,16 @@ int main(int argc, char **argv) {
              sd3_bin, golden, tmpdir, sd3_bin, tmpdir, tmpdir, tmpdir, sd3_bin, golden, tmpdir, tmpdir, tmpdir, tmpdir);
     CHECK(rc == 0, "quantize round trip: %s", out);
 
-    /* 9. the bad-input matrix */
+    /* 9. JPEG init images (baseline, progressive, grayscale; made with libjpeg-turbo's cjpeg) pass the JPEG
+     * screens in image.c and decode */
+    const char *jpegs[3] = {"baseline_64.jpg", "progressive_64.jpg", "gray_64.jpg"};
+    for (int k = 0; k < 3; k++) {
+        rc = run(out, sizeof out, "%s -m %s/tiny-sd3 -p x --steps 1 --seed 1 --init-img tests/data/%s -o %s/j.png", sd3_bin, golden,
+                 jpegs[k], tmpdir);
+        CHECK(rc == 0, "--init-img %s: %s", jpegs[k], out);
+    }
+
+    /* 10. the bad-input matrix */
     expect_fail("-p x -W 100", "multiples of 16");
     expect_fail("-p x -H 0", "out of range");
     expect_fail("-p x --steps 0", "--steps");

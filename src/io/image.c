@@ -12,9 +12,10 @@
 #include <stb/stb_image.h>
 
 /* stb_image 2.27 (Debian's libstb) writes past a 257-byte array when a JPEG DHT segment declares more
- * than 256 Huffman codes (fixed upstream in 2.28; found by our fuzzer). This walks every marker segment
- * (entropy-coded data included: progressive files define tables between scans) and returns 0 for such a
- * file, so it is refused before stb sees it. Non-JPEG or truncated input returns 1 (stb rejects it). */
+ * than 256 Huffman codes (fixed upstream in 2.28), and reads an uninitialised table when a scan names a
+ * Huffman table no DHT defined (both found by our fuzzer). This walks every marker segment (entropy-coded
+ * data included: progressive files define tables between scans) and returns 0 for such a file, so it is
+ * refused before stb sees it. Non-JPEG or truncated input returns 1 (stb rejects it). */
 /* Where a JPEG's SOI marker ends, or 0 if d is no JPEG. stb takes any run of 0xFF fill bytes before
  * the D8 (its marker reader skips them), so this does too. */
 static size_t jpeg_soi_end(const uint8_t *d, size_t n) {
@@ -27,6 +28,8 @@ static size_t jpeg_soi_end(const uint8_t *d, size_t n) {
 static int jpeg_dht_ok(const uint8_t *d, size_t n) {
     size_t i = jpeg_soi_end(d, n);
     if (!i) return 1;
+    int defined[2][4] = {{0}};  /* Huffman tables seen so far: [class: 0 DC, 1 AC][id] */
+    int progressive = 0;
     while (i + 4 <= n) {
         if (d[i] != 0xFF) { i++; continue; }           /* entropy-coded data or fill */
         uint8_t m = d[i + 1];
@@ -34,15 +37,29 @@ static int jpeg_dht_ok(const uint8_t *d, size_t n) {
         if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) { i += 2; continue; }  /* stuffing, TEM, RSTn, SOI */
         if (m == 0xD9) return 1;                        /* EOI */
         size_t L = ((size_t)d[i + 2] << 8) | d[i + 3];
+        if (m == 0xC2) progressive = 1;
         if (m == 0xC4) {                                /* DHT: tables of 1 + 16 counts + values */
             /* stb reads the whole declared segment, with zeros past the end of the file, so a table whose
              * count bytes are only partly present is still built: sum what is there */
             size_t p = i + 4, end = i + 2 + L;
             while (p < end) {
                 size_t codes = 0;
+                uint8_t tc = p < n ? d[p] : 0;
                 for (int k = 0; k < 16; k++) codes += (p + 1 + k < n) ? d[p + 1 + k] : 0;
                 if (codes > 256) return 0;
+                if ((tc >> 4) < 2 && (tc & 15) < 4) defined[tc >> 4][tc & 15] = 1;
                 p += 17 + codes;
+            }
+        }
+        if (m == 0xDA && i + 5 <= n) {                  /* SOS: every table a scan uses must exist (stb reads an */
+            size_t ns = d[i + 4];                       /* undefined one uninitialised; fuzzer find) */
+            size_t q = i + 5, se = q + 2 * ns;
+            uint8_t ss = se < n ? d[se] : 0, ah_al = se + 2 < n ? d[se + 2] : 0;
+            int uses_dc = !progressive || (ss == 0 && (ah_al >> 4) == 0), uses_ac = !progressive || ss != 0;
+            for (size_t c = 0; c < ns && q + 2 * c + 1 < n; c++) {
+                uint8_t td = d[q + 2 * c + 1] >> 4, ta = d[q + 2 * c + 1] & 15;
+                if (uses_dc && (td > 3 || !defined[0][td])) return 0;
+                if (uses_ac && (ta > 3 || !defined[1][ta])) return 0;
             }
         }
         if (L < 2) return 1;
@@ -85,7 +102,8 @@ sd3_status image_load(image *img, const char *path, sd3_err *err) {
     }
     if (!jpeg_dht_ok(buf, n)) {
         free(buf);
-        return sd3_errf(err, SD3_ERR_FORMAT, "%s: corrupt JPEG (a Huffman table declares more than 256 codes)", path);
+        return sd3_errf(err, SD3_ERR_FORMAT, "%s: corrupt JPEG (a Huffman table declares more than 256 codes, or a scan uses "
+                                             "an undefined one)", path);
     }
     int w = 0, h = 0, c = 0;
     /* A PNG states its size in IHDR: check it ourselves, since stb refuses huge ones with a generic
