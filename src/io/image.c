@@ -11,6 +11,15 @@
 
 #include <stb/stb_image.h>
 
+/* libpng reports errors through longjmp; keep the message for sd3_err. */
+typedef struct { char msg[256]; } png_errbuf;
+static void png_err_fn(png_structp p, png_const_charp msg) {
+    png_errbuf *e = png_get_error_ptr(p);
+    if (e) snprintf(e->msg, sizeof e->msg, "%s", msg);
+    png_longjmp(p, 1);
+}
+static void png_warn_fn(png_structp p, png_const_charp msg) { (void)p; (void)msg; }
+
 /* stb_image 2.27 (Debian's libstb) writes past a 257-byte array when a JPEG DHT segment declares more
  * than 256 Huffman codes (fixed upstream in 2.28), and reads an uninitialised table when a scan names a
  * Huffman table no DHT defined (both found by our fuzzer). This walks every marker segment (entropy-coded
@@ -68,6 +77,63 @@ static int jpeg_dht_ok(const uint8_t *d, size_t n) {
     return 1;
 }
 
+/* Decode a PNG held in memory with libpng into 8-bit RGB the way PIL's convert("RGB") sees it: palette
+ * and gray expanded, 16-bit reduced to 8, alpha dropped (not composited), no gamma conversion. PNGs go
+ * to libpng rather than stb: libpng is the reference decoder and Debian's stb 2.27 has fuzzer-found
+ * undefined behaviour on odd PNGs. Sizes are checked before any row is allocated. */
+typedef struct { const unsigned char *p; size_t n, pos; } png_mem;
+static void png_mem_read(png_structp png, png_bytep out, size_t len) {
+    png_mem *m = png_get_io_ptr(png);
+    if (len > m->n - m->pos) png_error(png, "unexpected end of file");
+    memcpy(out, m->p + m->pos, len);
+    m->pos += len;
+}
+
+static sd3_status png_decode(image *img, const unsigned char *buf, size_t n, const char *path, sd3_err *err) {
+    png_errbuf eb = {{0}};
+    png_mem mem = {buf, n, 0};
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &eb, png_err_fn, png_warn_fn);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    unsigned char *volatile rgb = NULL;  /* volatile: freed after png_error longjmps back */
+    memset(img, 0, sizeof *img);
+    if (!png || !info) {
+        png_destroy_read_struct(&png, &info, NULL);
+        return sd3_errf(err, SD3_ERR_NOMEM, "%s: out of memory", path);
+    }
+    if (setjmp(png_jmpbuf(png))) {
+        png_destroy_read_struct(&png, &info, NULL);
+        free(rgb);
+        return sd3_errf(err, SD3_ERR_FORMAT, "%s: cannot decode PNG: %s", path, eb.msg);
+    }
+    png_set_read_fn(png, &mem, png_mem_read);
+    png_set_user_limits(png, IMAGE_MAX_SIDE, IMAGE_MAX_SIDE);
+    png_set_chunk_malloc_max(png, (png_alloc_size_t)16 << 20);
+    png_read_info(png, info);
+    png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
+    if (w == 0 || h == 0 || (uint64_t)w * h > (uint64_t)IMAGE_MAX_PIXELS) png_error(png, "image size outside the limits");
+    int ct = png_get_color_type(png, info), bd = png_get_bit_depth(png, info);
+    if (bd == 16) png_set_strip_16(png);
+    if (ct == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+    if ((ct == PNG_COLOR_TYPE_GRAY || ct == PNG_COLOR_TYPE_GRAY_ALPHA) && bd < 8) png_set_expand_gray_1_2_4_to_8(png);
+    if (ct == PNG_COLOR_TYPE_GRAY || ct == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(png);
+    if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
+    png_set_strip_alpha(png);
+    png_set_interlace_handling(png);
+    png_read_update_info(png, info);
+    if (png_get_rowbytes(png, info) != (size_t)w * 3) png_error(png, "unexpected row layout");
+    rgb = malloc((size_t)w * h * 3);
+    if (!rgb) png_error(png, "out of memory");
+    png_bytep *rows = png_malloc(png, sizeof(png_bytep) * h);
+    for (png_uint_32 y = 0; y < h; y++) rows[y] = rgb + (size_t)y * w * 3;
+    png_read_image(png, rows);
+    png_free(png, rows);
+    png_destroy_read_struct(&png, &info, NULL);
+    img->w = (int)w;
+    img->h = (int)h;
+    img->rgb = rgb;
+    return SD3_OK;
+}
+
 /* Read a whole file of at most max bytes. */
 static unsigned char *read_file(FILE *f, size_t max, size_t *n) {
     if (fseek(f, 0, SEEK_END) != 0) return NULL;
@@ -108,8 +174,7 @@ sd3_status image_load(image *img, const char *path, sd3_err *err) {
     int w = 0, h = 0, c = 0;
     /* A PNG states its size in IHDR: check it ourselves, since stb refuses huge ones with a generic
      * "unknown image type" and we want the size named. */
-    static const unsigned char png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-    if (n >= 24 && !memcmp(buf, png_sig, 8) && !memcmp(buf + 12, "IHDR", 4)) {
+    if (is_png && n >= 24 && !memcmp(buf + 12, "IHDR", 4)) {
         uint32_t pw = ((uint32_t)buf[16] << 24) | ((uint32_t)buf[17] << 16) | ((uint32_t)buf[18] << 8) | buf[19];
         uint32_t ph = ((uint32_t)buf[20] << 24) | ((uint32_t)buf[21] << 16) | ((uint32_t)buf[22] << 8) | buf[23];
         if (pw == 0 || ph == 0 || pw > IMAGE_MAX_SIDE || ph > IMAGE_MAX_SIDE || (uint64_t)pw * ph > (uint64_t)IMAGE_MAX_PIXELS) {
@@ -117,6 +182,11 @@ sd3_status image_load(image *img, const char *path, sd3_err *err) {
             return sd3_errf(err, SD3_ERR_FORMAT, "%s: image is %ux%u, outside the limit of 1..%d per side and %lld pixels", path,
                             pw, ph, IMAGE_MAX_SIDE, (long long)IMAGE_MAX_PIXELS);
         }
+    }
+    if (is_png) {
+        sd3_status st = png_decode(img, buf, n, path, err);  /* libpng, not stb (see png_decode) */
+        free(buf);
+        return st;
     }
     if (n > INT_MAX || !stbi_info_from_memory(buf, (int)n, &w, &h, &c)) {
         free(buf);
@@ -145,14 +215,6 @@ void image_free(image *img) {
     memset(img, 0, sizeof *img);
 }
 
-/* libpng reports errors through longjmp; keep the message for sd3_err. */
-typedef struct { char msg[256]; } png_errbuf;
-static void png_err_fn(png_structp p, png_const_charp msg) {
-    png_errbuf *e = png_get_error_ptr(p);
-    if (e) snprintf(e->msg, sizeof e->msg, "%s", msg);
-    png_longjmp(p, 1);
-}
-static void png_warn_fn(png_structp p, png_const_charp msg) { (void)p; (void)msg; }
 
 sd3_status image_write_png(const image *img, const char *path, const image_text *text, int n_text, sd3_err *err) {
     char tmp[4096];
