@@ -10,6 +10,7 @@
  * Usage: bench_kernels [--quick]. Timings are only meaningful on an otherwise idle machine. */
 #include <math.h>
 #include <string.h>
+#include "bench/peak.h"
 #include "kernels/kernels.h"
 
 #if defined(__x86_64__)
@@ -25,74 +26,17 @@ static int g_quick = 0;
 
 #define PEAK_ITERS 20000000L
 
-typedef struct { long iters; int kind; volatile float sink[64]; } peak_job;
-
-#ifdef HAVE_X86
-/* 16 independent FMA chains of zmm registers: 16 x 32 flops per iteration. */
-__attribute__((target("avx512f"))) static float fma_chain_avx512(long iters) {
-    __m512 a[16], x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < 16; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long t = 0; t < iters; t++)
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++) a[i] = _mm512_fmadd_ps(a[i], x, y);
-    __m512 s = a[0];
-    for (int i = 1; i < 16; i++) s = _mm512_add_ps(s, a[i]);
-    return _mm512_reduce_add_ps(s);
-}
-
-/* 12 independent FMA chains of ymm registers: 12 x 16 flops per iteration. */
-__attribute__((target("avx2,fma"))) static float fma_chain_avx2(long iters) {
-    __m256 a[12], x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
-    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
-    for (long t = 0; t < iters; t++)
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], x, y);
-    __m256 s = a[0];
-    for (int i = 1; i < 12; i++) s = _mm256_add_ps(s, a[i]);
-    float t8[8], r = 0;
-    _mm256_storeu_ps(t8, s);
-    for (int i = 0; i < 8; i++) r += t8[i];
-    return r;
-}
-
-/* 16 independent vdpbf16ps chains: 16 x 64 flops per iteration (32 bf16 products + 32 adds). */
-__attribute__((target("avx512f,avx512bf16"))) static float bf16_chain(long iters) {
-    __m512 a[16];
-    __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3380);
-    for (int i = 0; i < 16; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long t = 0; t < iters; t++)
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++) a[i] = _mm512_dpbf16_ps(a[i], x, y);
-    __m512 s = a[0];
-    for (int i = 1; i < 16; i++) s = _mm512_add_ps(s, a[i]);
-    return _mm512_reduce_add_ps(s);
-}
-#endif
-
-/* One pool task of the peak measurement: one chain benchmark on this thread. */
-static void peak_task(void *arg, int t, int thread) {
-    (void)thread;
-    peak_job *j = arg;
-    float r = 0;
-#ifdef HAVE_X86
-    if (j->kind == 0) r = fma_chain_avx512(j->iters);
-    else if (j->kind == 1) r = fma_chain_avx2(j->iters);
-    else r = bf16_chain(j->iters);
-#endif
-    j->sink[t % 64] = r;
-}
-
 /* GFLOP/s of `kind` (0 avx512 fma, 1 avx2 fma, 2 bf16 dot) on all pool threads, best of 3. */
 static double measure_peak(int kind) {
     int nt = pool_threads();
-    peak_job j = {.iters = PEAK_ITERS / (g_quick ? 10 : 1) / (kind == 1 ? 1 : 2), .kind = kind};
-    double flops_per_iter = kind == 0 ? 16 * 32 : kind == 1 ? 12 * 16 : 16 * 64;
+    long iters = PEAK_ITERS / (g_quick ? 10 : 1) / (kind == 1 ? 1 : 2);
+    double flops_per_iter = peak_flops_per_iter(kind);
     double best = 0;
-    pool_run(nt, peak_task, &j); /* warm up (clocks, workers) */
+    peak_run(kind, iters); /* warm up (clocks, workers) */
     for (int r = 0; r < 3; r++) {
         double t0 = sd3_time();
-        pool_run(nt, peak_task, &j);
-        double dt = sd3_time() - t0, g = flops_per_iter * (double)j.iters * nt / dt * 1e-9;
+        peak_run(kind, iters);
+        double dt = sd3_time() - t0, g = flops_per_iter * (double)iters * nt / dt * 1e-9;
         if (g > best) best = g;
     }
     return best;
@@ -108,12 +52,12 @@ static double peak_now(int bf16) {
     if (kind < 0) kind = g_peak_kind32;
     if (kind < 0) return 1;
     int nt = pool_threads();
-    peak_job j = {.iters = PEAK_ITERS / (g_quick ? 40 : 16), .kind = kind};
-    double flops_per_iter = kind == 0 ? 16 * 32 : kind == 1 ? 12 * 16 : 16 * 64, best = 0;
+    long iters = PEAK_ITERS / (g_quick ? 40 : 16);
+    double flops_per_iter = peak_flops_per_iter(kind), best = 0;
     for (int r = 0; r < 2; r++) {
         double t0 = sd3_time();
-        pool_run(nt, peak_task, &j);
-        double g = flops_per_iter * (double)j.iters * nt / (sd3_time() - t0) * 1e-9;
+        peak_run(kind, iters);
+        double g = flops_per_iter * (double)iters * nt / (sd3_time() - t0) * 1e-9;
         if (g > best) best = g;
     }
     if (kind == g_peak_kind32) {

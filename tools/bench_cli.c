@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <cjson/cJSON.h>
+#include "bench/peak.h"
 #include "bench/synth.h"
 #include "core/core.h"
 #include "io/json_util.h"
@@ -35,75 +36,14 @@
 #include "text/t5.h"
 #include "vae/vae.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define BENCH_X86 1
-#endif
-
 #define MAX_RUNS 64
 
 /* ================================================================================================ */
-/* Peak (our own copy of bench/bench_kernels.c's microbenchmark)                                    */
+/* Peak (src/bench/peak.h: the chains shared with bench/bench_kernels.c)                             */
 /* ================================================================================================ */
 
 #define PEAK_ITERS 10000000L
 
-typedef struct { long iters; int kind; volatile float sink[64]; } peak_job;
-
-#ifdef BENCH_X86
-/* 16 independent zmm FMA chains: 16 x 32 flops per iteration. */
-__attribute__((target("avx512f"))) static float fma_chain_avx512(long iters) {
-    __m512 a[16], x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < 16; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long t = 0; t < iters; t++)
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++) a[i] = _mm512_fmadd_ps(a[i], x, y);
-    __m512 s = a[0];
-    for (int i = 1; i < 16; i++) s = _mm512_add_ps(s, a[i]);
-    return _mm512_reduce_add_ps(s);
-}
-
-/* 12 independent ymm FMA chains: 12 x 16 flops per iteration. */
-__attribute__((target("avx2,fma"))) static float fma_chain_avx2(long iters) {
-    __m256 a[12], x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
-    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
-    for (long t = 0; t < iters; t++)
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], x, y);
-    __m256 s = a[0];
-    for (int i = 1; i < 12; i++) s = _mm256_add_ps(s, a[i]);
-    float t8[8], r = 0;
-    _mm256_storeu_ps(t8, s);
-    for (int i = 0; i < 8; i++) r += t8[i];
-    return r;
-}
-
-/* 16 independent vdpbf16ps chains: 16 x 64 flops per iteration (32 products + 32 adds per lane pair). */
-__attribute__((target("avx512f,avx512bf16"))) static float bf16_chain(long iters) {
-    __m512 a[16];
-    __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3380);
-    for (int i = 0; i < 16; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long t = 0; t < iters; t++)
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++) a[i] = _mm512_dpbf16_ps(a[i], x, y);
-    __m512 s = a[0];
-    for (int i = 1; i < 16; i++) s = _mm512_add_ps(s, a[i]);
-    return _mm512_reduce_add_ps(s);
-}
-#endif
-
-/* One pool task of the peak measurement. */
-static void peak_task(void *arg, int t, int thread) {
-    (void)thread;
-    peak_job *j = arg;
-    float r = 0;
-#ifdef BENCH_X86
-    if (j->kind == 0) r = fma_chain_avx512(j->iters);
-    else if (j->kind == 1) r = fma_chain_avx2(j->iters);
-    else r = bf16_chain(j->iters);
-#endif
-    j->sink[t % 64] = r;
-}
 
 /* CPU seconds (user + system, all threads) this process has used. */
 static double cpu_seconds(void) {
@@ -117,25 +57,19 @@ static double cpu_seconds(void) {
  * a busy machine does not lower. */
 static double measure_peak(int kind, double *per_cpu) {
     *per_cpu = 0;
-#ifdef BENCH_X86
-    const cpu_features *f = cpu_get();
-    if ((kind == 0 && !f->avx512f) || (kind == 1 && !(f->avx2 && f->fma)) || (kind == 2 && !f->avx512_bf16)) return 0;
+    if (!peak_supported(kind)) return 0;
     int nt = pool_threads();
-    peak_job j = {.iters = PEAK_ITERS / (kind == 1 ? 1 : 2), .kind = kind};
-    double fpi = kind == 0 ? 16 * 32 : kind == 1 ? 12 * 16 : 16 * 64, best = 0;
-    pool_run(nt, peak_task, &j);
+    long iters = PEAK_ITERS / (kind == PEAK_FMA_AVX2 ? 1 : 2);
+    double fpi = peak_flops_per_iter(kind), best = 0;
+    peak_run(kind, iters);  /* warm-up (clocks, workers) */
     for (int r = 0; r < 3; r++) {
         double t0 = sd3_time(), c0 = cpu_seconds();
-        pool_run(nt, peak_task, &j);
-        double fl = fpi * (double)j.iters * nt, g = fl / (sd3_time() - t0) * 1e-9, dc = cpu_seconds() - c0;
+        peak_run(kind, iters);
+        double fl = fpi * (double)iters * nt, g = fl / (sd3_time() - t0) * 1e-9, dc = cpu_seconds() - c0;
         if (g > best) best = g;
         if (dc > 0 && fl / (dc / nt) * 1e-9 > *per_cpu) *per_cpu = fl / (dc / nt) * 1e-9;
     }
     return best;
-#else
-    (void)kind;
-    return 0;
-#endif
 }
 
 /* The fp32 and bf16 peaks of this machine with the current threads (wall time and per CPU time). */
