@@ -35,7 +35,7 @@ GOLD_OBJ  := $(GOLD_SRC:%.c=$(BUILD)/obj/%.o)
 BENCH_SRC := $(sort $(wildcard bench/*.c))
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test golden bench asan clean info setup
+.PHONY: all test golden bench asan clean info setup fuzz leakcheck
 .SECONDARY:
 all: info $(BUILD)/sd3 $(BUILD)/golden $(TEST_BIN) $(BENCH_BIN)
 
@@ -76,10 +76,21 @@ bench: all
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
 	$(BUILD)/sd3 bench --standard
 
-# AddressSanitizer + UBSan build of everything, then the tests.
+# AddressSanitizer + UBSan (+ float-cast-overflow, which gcc's `undefined` leaves out) build of everything,
+# then the tests. LeakSanitizer runs at every exit, the CLI's included.
 asan:
-	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	        LDFLAGS_EXTRA="-fsanitize=address,undefined" test
+	$(MAKE) BUILD=build-asan OPT=-O1 EXTRA_CFLAGS="-fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=undefined,float-cast-overflow" \
+	        LDFLAGS_EXTRA="-fsanitize=address,undefined,float-cast-overflow" test
+
+# libFuzzer targets (clang, ASan+UBSan) over every parser; each runs FUZZ_SECONDS on its corpus.
+# Needs clang and libclang-rt-14-dev (apt-get install clang libclang-rt-14-dev python3).
+FUZZ_SECONDS ?= 60
+fuzz:
+	$(MAKE) -f fuzz/Makefile BUILD=$(BUILD) GOLDEN=$(GOLDEN) FUZZ_SECONDS=$(FUZZ_SECONDS) $(if $(FUZZ_TARGETS),FUZZ_TARGETS="$(FUZZ_TARGETS)") run
+
+# valgrind --leak-check=full over the CLI's main and error paths.
+leakcheck: $(BUILD)/sd3
+	scripts/leakcheck.sh $(BUILD) $(GOLDEN)
 
 setup:
 	scripts/setup.sh

@@ -184,6 +184,17 @@ sd3_status image_load(image *img, const char *path, sd3_err *err) {
         }
     }
     if (is_png) {
+        /* no chunk may claim more bytes than the file holds (libpng would try to allocate the claim) */
+        for (size_t pos = 8; pos + 8 <= n;) {
+            uint32_t len = ((uint32_t)buf[pos] << 24) | ((uint32_t)buf[pos + 1] << 16) | ((uint32_t)buf[pos + 2] << 8) | buf[pos + 3];
+            if ((uint64_t)len + 12 > n - pos) {
+                free(buf);
+                return sd3_errf(err, SD3_ERR_FORMAT, "%s: corrupt PNG: a chunk claims %u bytes but the file has %zu left", path, len,
+                                n - pos >= 12 ? n - pos - 12 : 0);
+            }
+            if (!memcmp(buf + pos + 4, "IEND", 4)) break;
+            pos += 12 + (size_t)len;
+        }
         sd3_status st = png_decode(img, buf, n, path, err);  /* libpng, not stb (see png_decode) */
         free(buf);
         return st;
