@@ -95,12 +95,14 @@ static sd3_status png_decode(image *img, const unsigned char *buf, size_t n, con
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &eb, png_err_fn, png_warn_fn);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     unsigned char *volatile rgb = NULL;  /* volatile: freed after png_error longjmps back */
+    png_bytep *volatile rows = NULL;
     memset(img, 0, sizeof *img);
     if (!png || !info) {
         png_destroy_read_struct(&png, &info, NULL);
         return sd3_errf(err, SD3_ERR_NOMEM, "%s: out of memory", path);
     }
     if (setjmp(png_jmpbuf(png))) {
+        free(rows);
         png_destroy_read_struct(&png, &info, NULL);
         free(rgb);
         return sd3_errf(err, SD3_ERR_FORMAT, "%s: cannot decode PNG: %s", path, eb.msg);
@@ -123,10 +125,12 @@ static sd3_status png_decode(image *img, const unsigned char *buf, size_t n, con
     if (png_get_rowbytes(png, info) != (size_t)w * 3) png_error(png, "unexpected row layout");
     rgb = malloc((size_t)w * h * 3);
     if (!rgb) png_error(png, "out of memory");
-    png_bytep *rows = png_malloc(png, sizeof(png_bytep) * h);
+    rows = malloc(sizeof(png_bytep) * h);
+    if (!rows) png_error(png, "out of memory");
     for (png_uint_32 y = 0; y < h; y++) rows[y] = rgb + (size_t)y * w * 3;
     png_read_image(png, rows);
-    png_free(png, rows);
+    free(rows);
+    rows = NULL;
     png_destroy_read_struct(&png, &info, NULL);
     img->w = (int)w;
     img->h = (int)h;
