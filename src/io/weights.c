@@ -209,3 +209,17 @@ sd3_status weights_get_shape(const weights *w, const char *key, tensor *out, sd3
 void weights_release_pages(weights *w) {
     for (int i = 0; i < w->n_files; i++) st_release_pages(w->files[i]);
 }
+
+int dtype_is_weight(dtype dt) {
+    return dt == DT_F32 || dt == DT_F16 || dt == DT_BF16 || dt == DT_F8_E4M3 || dt == DT_F8_E5M2 || dt == DT_Q8 ||
+           dt == DT_Q4;  /* quantised (src/quant/quant.h): k_linear and tensor_to_f32 take them */
+}
+
+sd3_status weights_get_weight(const weights *w, const char *key, tensor *out, sd3_err *err, int ndim, int64_t d0,
+                              int64_t d1, int64_t d2, int64_t d3) {
+    sd3_status s = weights_get_shape(w, key, out, err, ndim, d0, d1, d2, d3);
+    if (s == SD3_OK && !dtype_is_weight(out->dt))
+        s = sd3_errf(err, SD3_ERR_SHAPE, "%s: tensor '%s' has dtype %s, expected a float type (F32/F16/BF16/F8) or a quantised one",
+                     w->label, key, dtype_name(out->dt));
+    return s;
+}

@@ -37,6 +37,11 @@ sd3_status weights_get(const weights *w, const char *key, tensor *out, sd3_err *
 /* Get key and check its rank and dims (a dim of -1 matches anything); SD3_ERR_SHAPE naming the tensor. */
 sd3_status weights_get_shape(const weights *w, const char *key, tensor *out, sd3_err *err, int ndim,
                              int64_t d0, int64_t d1, int64_t d2, int64_t d3);
+/* Whether dt is a dtype the kernels take as a weight: F32/F16/BF16/F8 or quantised Q8/Q4. */
+int dtype_is_weight(dtype dt);
+/* weights_get_shape plus that dtype check: SD3_ERR_SHAPE "<label>: tensor '<key>' has dtype I64, ..." */
+sd3_status weights_get_weight(const weights *w, const char *key, tensor *out, sd3_err *err, int ndim, int64_t d0,
+                              int64_t d1, int64_t d2, int64_t d3);
 /* Check a tensor's rank and dims (-1 = any); name used in the error. */
 sd3_status tensor_expect(const tensor *t, const char *name, sd3_err *err, int ndim, int64_t d0, int64_t d1,
                          int64_t d2, int64_t d3);

@@ -76,19 +76,10 @@ static const clip_key CLIP_LAYER_KEYS[] = {
 /* A dimension letter of the key table as a number. */
 static int64_t clip_dim(const clip_config *c, char d) { return d == 'F' ? c->intermediate_size : c->hidden_size; }
 
-/* Float dtypes the kernels take as weights. */
-static int is_weight_dtype(dtype dt) {
-    return dt == DT_F32 || dt == DT_F16 || dt == DT_BF16 || dt == DT_F8_E4M3 || dt == DT_F8_E5M2 ||
-           dt == DT_Q8 || dt == DT_Q4;   /* quantised (src/quant/quant.h): k_linear and tensor_to_f32 take them */
-}
-
 /* Bind one tensor with a shape check and a float dtype check; errors name the model and the key. */
 static sd3_status clip_bind(const weights *w, const char *key, tensor *t, const char *label, sd3_err *err, int ndim,
-                            int64_t d0, int64_t d1) {
-    sd3_status s = weights_get_shape(w, key, t, err, ndim, d0, d1, -1, -1);
-    if (s == SD3_OK && !is_weight_dtype(t->dt))
-        s = sd3_errf(err, SD3_ERR_SHAPE, "%s: tensor '%s' has dtype %s, expected a float type (F32/F16/BF16/F8) or a quantised one",
-                     w->label, key, dtype_name(t->dt));
+                          int64_t d0, int64_t d1) {
+    sd3_status s = weights_get_weight(w, key, t, err, ndim, d0, d1, -1, -1);
     if (s != SD3_OK) sd3_err_prefix(err, "%s", label);
     return s;
 }
