@@ -55,6 +55,16 @@ int golden_check_i64(golden_case *gc, const char *name, const int64_t *got, int6
 /* Record a failure with a message (the first one is printed on the case's line). */
 void golden_fail(golden_case *gc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The inputs of an MMDiT case (hidden_states (B, C, H, W), encoder_hidden_states (B, S, J),
+ * pooled_projections (B, P), timestep (B)) as F32 copies, shape-checked against each other. */
+typedef struct golden_mmdit_inputs {
+    float *x, *ctx, *pooled, *t;
+    int B, C, H, W, S, J, P;
+} golden_mmdit_inputs;
+/* Load them (records a failure and returns non-zero if one is missing or the shapes disagree). */
+int golden_mmdit_inputs_load(golden_case *gc, golden_mmdit_inputs *in);
+void golden_mmdit_inputs_free(golden_mmdit_inputs *in);
+
 /* The registered kinds (weak: NULL until a kind_<kind>.c defines one). */
 typedef int (*golden_fn)(golden_case *gc);
 #define GOLDEN_KINDS(X)                                                                                 \

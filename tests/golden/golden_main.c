@@ -157,6 +157,35 @@ int golden_check_i64(golden_case *gc, const char *name, const int64_t *got, int6
     return 0;
 }
 
+/* ---- shared inputs of the MMDiT kinds (transformer_forward, lora_forward) ---- */
+
+void golden_mmdit_inputs_free(golden_mmdit_inputs *in) {
+    sd3_free(in->x);
+    sd3_free(in->ctx);
+    sd3_free(in->pooled);
+    sd3_free(in->t);
+}
+
+int golden_mmdit_inputs_load(golden_case *gc, golden_mmdit_inputs *in) {
+    memset(in, 0, sizeof *in);
+    tensor hs, eh, pp, ts;
+    if (golden_tensor(gc, "hidden_states", &hs) || golden_tensor(gc, "encoder_hidden_states", &eh) ||
+        golden_tensor(gc, "pooled_projections", &pp) || golden_tensor(gc, "timestep", &ts))
+        return -1;
+    if (hs.ndim != 4 || eh.ndim != 3 || pp.ndim != 2 || ts.ndim != 1 || eh.shape[0] != hs.shape[0] ||
+        pp.shape[0] != hs.shape[0] || ts.shape[0] != hs.shape[0]) {
+        golden_fail(gc, "inputs have inconsistent shapes");
+        return -1;
+    }
+    in->B = (int)hs.shape[0], in->C = (int)hs.shape[1], in->H = (int)hs.shape[2], in->W = (int)hs.shape[3];
+    in->S = (int)eh.shape[1], in->J = (int)eh.shape[2], in->P = (int)pp.shape[1];
+    in->x = golden_f32(gc, "hidden_states", NULL);
+    in->ctx = golden_f32(gc, "encoder_hidden_states", NULL);
+    in->pooled = golden_f32(gc, "pooled_projections", NULL);
+    in->t = golden_f32(gc, "timestep", NULL);
+    return in->x && in->ctx && in->pooled && in->t ? 0 : -1;
+}
+
 /* ---- discovery ---- */
 
 typedef struct { char **v; int n, cap; } strlist;

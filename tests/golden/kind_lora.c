@@ -19,43 +19,9 @@
 #include "lora/lora.h"
 #include "mmdit/mmdit.h"
 
-/* The case inputs as F32 copies. */
-typedef struct lora_inputs {
-    float *x, *ctx, *pooled, *t;
-    int B, C, H, W, S;
-} lora_inputs;
-
-/* Free the inputs. */
-static void inputs_free(lora_inputs *in) {
-    sd3_free(in->x);
-    sd3_free(in->ctx);
-    sd3_free(in->pooled);
-    sd3_free(in->t);
-}
-
-/* Load and shape-check the inputs (hidden_states, encoder_hidden_states, pooled_projections, timestep). */
-static int inputs_load(golden_case *gc, lora_inputs *in) {
-    memset(in, 0, sizeof *in);
-    tensor hs, eh, pp, ts;
-    if (golden_tensor(gc, "hidden_states", &hs) || golden_tensor(gc, "encoder_hidden_states", &eh) ||
-        golden_tensor(gc, "pooled_projections", &pp) || golden_tensor(gc, "timestep", &ts))
-        return -1;
-    if (hs.ndim != 4 || eh.ndim != 3 || pp.ndim != 2 || ts.ndim != 1 || eh.shape[0] != hs.shape[0] ||
-        pp.shape[0] != hs.shape[0] || ts.shape[0] != hs.shape[0]) {
-        golden_fail(gc, "inputs have inconsistent shapes");
-        return -1;
-    }
-    in->B = (int)hs.shape[0], in->C = (int)hs.shape[1], in->H = (int)hs.shape[2], in->W = (int)hs.shape[3];
-    in->S = (int)eh.shape[1];
-    in->x = golden_f32(gc, "hidden_states", NULL);
-    in->ctx = golden_f32(gc, "encoder_hidden_states", NULL);
-    in->pooled = golden_f32(gc, "pooled_projections", NULL);
-    in->t = golden_f32(gc, "timestep", NULL);
-    return in->x && in->ctx && in->pooled && in->t ? 0 : -1;
-}
 
 /* Forward m on the inputs and compare with expected tensor `name`; `what` labels failures. */
-static void run_check(golden_case *gc, const mmdit_model *m, const lora_inputs *in, const char *name,
+static void run_check(golden_case *gc, const mmdit_model *m, const golden_mmdit_inputs *in, const char *name,
                       const char *what) {
     int64_t n = (int64_t)in->B * m->cfg.out_channels * in->H * in->W;
     float *out = sd3_malloc((size_t)n * sizeof(float));
@@ -115,13 +81,13 @@ int golden_lora_forward(golden_case *gc) {
     golden_root_path(gc, json_str(gc->json, "base_model", "tiny-sd3/transformer"), model_dir, sizeof model_dir);
     golden_case_path(gc, json_str(gc->json, "lora_file", "pytorch_lora_weights.safetensors"), lora_path,
                      sizeof lora_path);
-    lora_inputs in;
-    if (inputs_load(gc, &in)) { inputs_free(&in); return -1; }
+    golden_mmdit_inputs in;
+    if (golden_mmdit_inputs_load(gc, &in)) { golden_mmdit_inputs_free(&in); return -1; }
     sd3_err err = {0};
     lora_file *f = NULL;
     if (lora_open(&f, lora_path, &err) != SD3_OK) {
         golden_fail(gc, "lora_open: %s", err.msg);
-        inputs_free(&in);
+        golden_mmdit_inputs_free(&in);
         return -1;
     }
     mmdit_model m;
@@ -156,6 +122,6 @@ int golden_lora_forward(golden_case *gc) {
         mmdit_free(&m);
     }
     lora_close(f);
-    inputs_free(&in);
+    golden_mmdit_inputs_free(&in);
     return 0;
 }

@@ -24,43 +24,9 @@ static void on_tensor(void *user, const char *name, const float *data, int64_t n
     if (hs->n_seen < 256) snprintf(hs->seen[hs->n_seen++], sizeof hs->seen[0], "%s", name);
 }
 
-/* Inputs of a case: views of its tensors (F32 copies). */
-typedef struct tf_inputs {
-    float *x, *ctx, *pooled, *t;
-    int B, C, H, W, S, J, P;
-} tf_inputs;
-
-static void inputs_free(tf_inputs *in) {
-    sd3_free(in->x);
-    sd3_free(in->ctx);
-    sd3_free(in->pooled);
-    sd3_free(in->t);
-}
-
-/* Load and shape-check the case inputs. */
-static int inputs_load(golden_case *gc, tf_inputs *in) {
-    memset(in, 0, sizeof *in);
-    tensor hs, eh, pp, ts;
-    if (golden_tensor(gc, "hidden_states", &hs) || golden_tensor(gc, "encoder_hidden_states", &eh) ||
-        golden_tensor(gc, "pooled_projections", &pp) || golden_tensor(gc, "timestep", &ts))
-        return -1;
-    if (hs.ndim != 4 || eh.ndim != 3 || pp.ndim != 2 || ts.ndim != 1 || eh.shape[0] != hs.shape[0] ||
-        pp.shape[0] != hs.shape[0] || ts.shape[0] != hs.shape[0]) {
-        golden_fail(gc, "inputs have inconsistent shapes");
-        return -1;
-    }
-    in->B = (int)hs.shape[0], in->C = (int)hs.shape[1], in->H = (int)hs.shape[2], in->W = (int)hs.shape[3];
-    in->S = (int)eh.shape[1], in->J = (int)eh.shape[2], in->P = (int)pp.shape[1];
-    in->x = golden_f32(gc, "hidden_states", NULL);
-    in->ctx = golden_f32(gc, "encoder_hidden_states", NULL);
-    in->pooled = golden_f32(gc, "pooled_projections", NULL);
-    in->t = golden_f32(gc, "timestep", NULL);
-    return in->x && in->ctx && in->pooled && in->t ? 0 : -1;
-}
-
 /* Run m on the inputs, checking intermediates through the hook and then `output`; afterwards every tensor
  * of the case with a tolerance must have been compared. `what` labels failures. */
-static void run_and_check(golden_case *gc, const mmdit_model *m, const tf_inputs *in, const char *what) {
+static void run_and_check(golden_case *gc, const mmdit_model *m, const golden_mmdit_inputs *in, const char *what) {
     const mmdit_config *c = &m->cfg;
     if (in->C != c->in_channels || in->J != c->joint_attention_dim || in->P != c->pooled_projection_dim) {
         golden_fail(gc, "%s: inputs (channels %d, text width %d, pooled %d) do not fit the model (%d, %d, %d)", what,
@@ -106,8 +72,8 @@ int golden_transformer_forward(golden_case *gc) {
     if (!dir) { golden_fail(gc, "case has no model_dir"); return -1; }
     char model_dir[4096];
     snprintf(model_dir, sizeof model_dir, "%s", dir);
-    tf_inputs in;
-    if (inputs_load(gc, &in)) { inputs_free(&in); return -1; }
+    golden_mmdit_inputs in;
+    if (golden_mmdit_inputs_load(gc, &in)) { golden_mmdit_inputs_free(&in); return -1; }
 
     sd3_err err = {0};
     mmdit_model m;
@@ -134,6 +100,6 @@ int golden_transformer_forward(golden_case *gc) {
             mmdit_free(&m);
         }
     }
-    inputs_free(&in);
+    golden_mmdit_inputs_free(&in);
     return gc->n_failed ? -1 : 0;
 }
