@@ -166,6 +166,21 @@ static void to_bf16_pairs(const kc_isa *isa, const float *src, int kc, int R, ui
         }
 }
 
+/* See kcpu.h: the scalar twin of the ISAs' pack_rows_bf16 (portable packer, then scalar rounding). */
+void kc_pack_rows_bf16_ref(const void *ctx, int idx0, int cnt, int k0, int kc, int R, uint32_t *dst) {
+    float *tmp = sd3_malloc(sizeof(float) * (size_t)(kc > 0 ? kc : 1) * (size_t)R);
+    SD3_ASSERT(tmp);
+    kc_pack_rows(ctx, kc_isa_portable(), idx0, cnt, k0, kc, R, tmp);
+    to_bf16_pairs(kc_isa_portable(), tmp, kc, R, dst);
+    sd3_free(tmp);
+}
+
+/* Pack rows of a kc_pack_rows source straight into bf16 pairs when the ISA can (returns 1), else 0. */
+static int pack_bf16_direct(const kc_isa *isa, kc_pack_fn pack, const void *ctx, int idx0, int cnt, int k0, int kc, int R,
+                            uint32_t *dst) {
+    return pack == kc_pack_rows && isa->pack_rows_bf16 && isa->pack_rows_bf16(ctx, idx0, cnt, k0, kc, R, dst);
+}
+
 /* bf16 mode: every MR-row sliver of A converted to bf16 pairs once per GEMM (activations, not weights),
  * chunk k0 of sliver s at Aall + s * a_words + (k0 / 2) * MR. One task per sliver. */
 static void prepack_a_task(void *arg, int s, int thread) {
@@ -175,8 +190,10 @@ static void prepack_a_task(void *arg, int s, int thread) {
     float *tmp = j->scratch + j->scratch_per_thread * (size_t)thread + (size_t)j->NC * j->KCb;
     for (int k0 = 0; k0 < g->K; k0 += j->KCb) {
         int kc = g->K - k0 < j->KCb ? g->K - k0 : j->KCb;
+        uint32_t *dst = j->Aall + (size_t)s * j->a_words + (size_t)(k0 / 2) * MR;
+        if (pack_bf16_direct(j->isa, g->pack_a, g->actx, m, mr, k0, kc, MR, dst)) continue;
         g->pack_a(g->actx, j->isa, m, mr, k0, kc, MR, tmp);
-        to_bf16_pairs(j->isa, tmp, kc, MR, j->Aall + (size_t)s * j->a_words + (size_t)(k0 / 2) * MR);
+        to_bf16_pairs(j->isa, tmp, kc, MR, dst);
     }
 }
 
@@ -208,8 +225,10 @@ static void gemm_task(void *arg, int task, int thread) {
         for (int s = 0; s < nsl; s++) {
             int ns = n0 + s * NR, nr = n1 - ns < NR ? n1 - ns : NR;
             float *dst = Bp + (size_t)s * NR * kc;
+            uint32_t *dsth = Bh + (size_t)s * NR * ((kc + 1) / 2);
+            if (bf16 && pack_bf16_direct(isa, g->pack_b, g->bctx, ns, nr, k0, kc, NR, dsth)) continue;
             g->pack_b(g->bctx, isa, ns, nr, k0, kc, NR, dst);
-            if (bf16) to_bf16_pairs(isa, dst, kc, NR, Bh + (size_t)s * NR * ((kc + 1) / 2));
+            if (bf16) to_bf16_pairs(isa, dst, kc, NR, dsth);
         }
         for (int m = m0; m < m1; m += MR) {
             int mr = m1 - m < MR ? m1 - m : MR;

@@ -30,6 +30,10 @@ typedef struct kc_isa {
     void (*cvt_row)(const tensor *t, int64_t off, int n, float *dst);
     /* optional fast kc_pack_rows (returns 0 to decline) */
     int (*pack_rows)(const void *ctx, int idx0, int cnt, int k0, int kc, int R, float *dst);
+    /* optional: kc_pack_rows straight into bf16 pairs ([ceil(kc/2)][R] uint32, see the ukr contract) for a
+     * kc_rows source (F32 rows, or an F32/F16/BF16 tensor), without the F32 sliver in between; k0 even;
+     * returns 0 to decline. Twin: kc_pack_rows_bf16_ref. */
+    int (*pack_rows_bf16)(const void *ctx, int idx0, int cnt, int k0, int kc, int R, uint32_t *dst);
     /* optional fast F32 sliver -> bf16 pairs (see the driver; returns 0 to decline) */
     int (*to_bf16_pairs)(const float *src, int kc, int R, uint32_t *dst);
     /* small-M linear: y[m, n] for n in [n0, n1), all m < M (M <= 4), W rows read and widened directly */
@@ -68,6 +72,8 @@ void kc_gemm_run(const kc_isa *isa, const kc_gemm *g);
 /* Packer for a row-major [rows, K] matrix of any float dtype (x or W of a linear, conv weights). */
 typedef struct kc_rows { const tensor *t; const float *f32; int64_t ld; } kc_rows;
 void kc_pack_rows(const void *ctx, const kc_isa *isa, int idx0, int cnt, int k0, int kc, int R, float *dst);
+/* Scalar twin of kc_isa.pack_rows_bf16: kc_pack_rows (portable) then round to nearest even bf16 pairs. */
+void kc_pack_rows_bf16_ref(const void *ctx, int idx0, int cnt, int k0, int kc, int R, uint32_t *dst);
 /* Packer for a row-major [K, cols] F32 matrix read by columns (B of a plain matmul, 1x1 conv input). */
 typedef struct kc_cols { const float *p; int64_t ld; } kc_cols;
 void kc_pack_cols(const void *ctx, const kc_isa *isa, int idx0, int cnt, int k0, int kc, int R, float *dst);
