@@ -76,11 +76,20 @@ typedef struct sd3_model_params {
     const char *config;    /* a diffusers folder whose <component>/config.json files describe a single-file
                               checkpoint (like from_single_file(config=)); NULL = infer from tensor shapes */
     int no_t5;             /* run without T5 (zeros in its place), like text_encoder_3=None */
-    int keep_loaded;       /* reserved: keeping components resident between calls is not implemented yet
-                              (every call loads, uses and releases each component in turn) */
+    int keep_loaded;       /* 0 (default, diffusers' enable_model_cpu_offload order): each sd3_generate maps,
+                              uses and releases the text encoders, the transformer and the VAE in turn, so
+                              one component is resident at a time. 1: a component stays mapped (and, when
+                              quantised at load, quantised) in the context from its first use until
+                              sd3_ctx_free or the next sd3_load, so later calls open no weights (a server, a
+                              batch of prompts); peak memory is then all components together */
     int t5_quant;          /* T5 Linears quantised at load (`--t5 int8`): 0 = stored dtype, 8 = int8 per row,
                               4 = int4 blocks of 32; weights stored quantised (`sd3 quantize`) are used as they are */
     int mmdit_quant;       /* the transformer's Linears quantised at load (`--precision int8|int4`): 0, 8 or 4 */
+    int stream_layers;     /* 1: stream the transformer's blocks through memory (`--stream-layers`): block i+1
+                              is read ahead while block i runs, and block i's pages leave the resident set
+                              once it is done (the file stays mapped), so only a block or two of its weights
+                              are resident at a time. Same images. Helps where weights are used in place from
+                              the file (bf16/fp16/fp32 as stored); int8/int4 copies are owned memory */
 } sd3_model_params;
 sd3_model_params sd3_model_params_default(void);
 

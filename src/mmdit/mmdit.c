@@ -350,10 +350,27 @@ sd3_status mmdit_forward_hooked(const mmdit_model *m, const float *x, int B, int
     linear(a.c, ctx, &m->context_embedder, B * S, C, cfg->joint_attention_dim);
     emit(hook, "context_after_caption_projection", a.c, (int64_t)B * S * C);
 
-    for (int i = 0; i < cfg->num_layers; i++) {
+    /* Layer streaming (mmdit.h): block i + 1 is read ahead while block i computes; block i leaves the
+     * resident set once done. The next block to run (skipped ones are neither read nor dropped). */
+    const int L = cfg->num_layers;
+    int first = 1;
+    for (int i = 0; i < L; i++) {
         int skip = 0;
         for (int k = 0; k < n_skip; k++) skip |= skip_layers[k] == i;
-        if (!skip) joint_block(m, &m->blocks[i], i, &a, &d, hook);
+        if (skip) continue;
+        if (m->stream_layers) {
+            if (first) mmdit_stream_advise(m, i, MMDIT_STREAM_PREFETCH);   /* the first one run */
+            first = 0;
+            int next;
+            for (next = i + 1; next < L; next++) {
+                int sk = 0;
+                for (int k = 0; k < n_skip; k++) sk |= skip_layers[k] == next;
+                if (!sk) break;
+            }
+            if (next < L) mmdit_stream_advise(m, next, MMDIT_STREAM_PREFETCH);
+        }
+        joint_block(m, &m->blocks[i], i, &a, &d, hook);
+        if (m->stream_layers) mmdit_stream_advise(m, i, MMDIT_STREAM_RELEASE);
     }
 
     /* norm_out: AdaLayerNormContinuous, (scale, shift) = chunk(Linear(SiLU(temb)), 2), scale first. */

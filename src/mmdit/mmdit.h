@@ -137,6 +137,13 @@ typedef struct mmdit_model {
      * undoes it all; mmdit_free calls lora_release(m) first when set. NULL on a plain model. */
     void *lora_state;
     void (*lora_release)(struct mmdit_model *m);
+    /* Layer streaming (set by the caller after loading; 0 = off): while block i runs, block i+1's byte
+     * ranges in the model's file mappings are advised in (MADV_WILLNEED, the kernel reads ahead), and once
+     * block i is done the page-aligned interior of its ranges is dropped from the resident set
+     * (MADV_DONTNEED; the file stays mapped and the pages come back from the page cache or the disk at the
+     * next step). Output is bit-identical. Only weights used in place from the mapping shrink; owned copies
+     * (int8/int4 quantised Linears, fused LoRA weights, swapped adaLN halves) and in-memory files stay. */
+    int stream_layers;
 } mmdit_model;
 
 /* Load a diffusers transformer folder: <dir>/config.json + diffusion_pytorch_model[.fp16].safetensors
@@ -193,6 +200,15 @@ sd3_status mmdit_forward(const mmdit_model *m, const float *x, int B, int H, int
 sd3_status mmdit_forward_hooked(const mmdit_model *m, const float *x, int B, int H, int W, const float *ctx,
                                 int S, const float *pooled, const float *timestep, const int *skip_layers,
                                 int n_skip, float *out, const mmdit_hook *hook, sd3_err *err);
+
+/* Layer streaming (m->stream_layers): apply advice (MMDIT_STREAM_PREFETCH = MADV_WILLNEED, the kernel
+ * reads block i in ahead; MMDIT_STREAM_RELEASE = MADV_DONTNEED, block i leaves the resident set) to the ranges of block i's weights that lie in the model's own file mappings
+ * (whole pages for WILLNEED; only pages lying entirely inside the block's ranges for DONTNEED, so a page
+ * shared with a neighbour's tensor stays). Returns the bytes advised (0 when nothing of block i is in a
+ * mapping, e.g. quantised copies or weights the model does not own). Read-only mappings only: never
+ * changes what the weights hold. */
+enum { MMDIT_STREAM_PREFETCH = 1, MMDIT_STREAM_RELEASE = 2 };
+int64_t mmdit_stream_advise(const mmdit_model *m, int i, int advice);
 
 /* Timestep sinusoid exactly as diffusers computes it in float32 (Timesteps(256, flip_sin_to_cos=True,
  * shift 0)): out[b] = [cos(t f_k) (128), sin(t f_k) (128)], f_k = exp(-ln(10000) k / 128). */

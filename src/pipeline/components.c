@@ -1,11 +1,14 @@
 /* components.c — where each component of a generation comes from: diffusers folder, single-file
  * checkpoint, or override file (see components.h). */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "io/json_util.h"
+#include "lora/lora.h"
 #include "pipeline/components.h"
+#include "quant/quant_models.h"
 
 #ifndef SD3_TOKENIZERS_DIR
 #define SD3_TOKENIZERS_DIR "/usr/local/share/sd3c/tokenizers"
@@ -181,6 +184,7 @@ static sd3_status make_eye(comp_te *te, const char *key, int64_t C, sd3_err *err
 }
 
 void comp_te_close(comp_te *te) {
+    if (te->resident) { memset(te, 0, sizeof *te); return; }   /* the comp_res keeps it open */
     weights_close(&te->owned);
     if (te->eye) st_close(te->eye);
     free(te->eye_buf);
@@ -199,8 +203,8 @@ static cJSON *config_from_dir(const model_store *ms, const char *folder, sd3_sta
     return j;
 }
 
-/* Open a text encoder; see components.h. */
-sd3_status comp_te_open(const model_store *ms, te_role r, comp_te *te, sd3_err *err) {
+/* Open a text encoder from its files (folder, single file or override); see components.h. */
+static sd3_status te_open_files(const model_store *ms, te_role r, comp_te *te, sd3_err *err) {
     memset(te, 0, sizeof *te);
     sd3_status s;
     int src = te_source(ms, r);
@@ -256,8 +260,46 @@ fail:
     return s;
 }
 
-/* Open the MMDiT: folder, or the single file (config from the config folder, else inferred). */
+/* Open a text encoder: the resident one when the context keeps it, else from its files (counted, and
+ * kept when the policy keeps). */
+sd3_status comp_te_open(const model_store *ms, te_role r, comp_te *te, sd3_err *err) {
+    comp_res *res = comp_res_of(ms);
+    if (res && res->keep && res->have_te[r]) {
+        *te = res->te[r];
+        te->resident = 1;
+        return SD3_OK;
+    }
+    sd3_status s = te_open_files(ms, r, te, err);
+    if (s || !res) return s;
+    res->loads[r]++;
+    LOG_INFO("loaded %s (%s; load %d in this context)", comp_id_name((comp_id)r), te->label, res->loads[r]);
+    if (res->keep) {
+        res->te[r] = *te;
+        res->have_te[r] = 1;
+        te->resident = 1;
+    }
+    return SD3_OK;
+}
+
+/* Count one opening of component c of ms, with a log line. */
+static void count_load(const model_store *ms, comp_id c) {
+    comp_res *res = comp_res_of(ms);
+    if (!res) return;
+    res->loads[c]++;
+    LOG_INFO("loaded %s (load %d in this context)", comp_id_name(c), res->loads[c]);
+}
+
+static sd3_status open_mmdit_files(const model_store *ms, mmdit_model *m, sd3_err *err);
+
+/* Open the MMDiT (counted). */
 sd3_status comp_open_mmdit(const model_store *ms, mmdit_model *m, sd3_err *err) {
+    sd3_status s = open_mmdit_files(ms, m, err);
+    if (!s) count_load(ms, COMP_MMDIT);
+    return s;
+}
+
+/* Open the MMDiT: folder, or the single file (config from the config folder, else inferred). */
+static sd3_status open_mmdit_files(const model_store *ms, mmdit_model *m, sd3_err *err) {
     if (ms->kind == MS_SINGLE_FILE) {
         char cfg[MS_PATH_MAX + 80];
         if (ms->ov.config_dir[0]) snprintf(cfg, sizeof cfg, "%s/transformer/config.json", ms->ov.config_dir);
@@ -268,8 +310,17 @@ sd3_status comp_open_mmdit(const model_store *ms, mmdit_model *m, sd3_err *err) 
     return mmdit_load_dir(m, d, err);
 }
 
-/* Open the VAE: --vae override, folder, or the single file's first_stage_model.*. */
+static sd3_status open_vae_files(const model_store *ms, vae_model *v, sd3_err *err);
+
+/* Open the VAE (counted). */
 sd3_status comp_open_vae(const model_store *ms, vae_model *v, sd3_err *err) {
+    sd3_status s = open_vae_files(ms, v, err);
+    if (!s) count_load(ms, COMP_VAE);
+    return s;
+}
+
+/* Open the VAE: --vae override, folder, or the single file's first_stage_model.*. */
+static sd3_status open_vae_files(const model_store *ms, vae_model *v, sd3_err *err) {
     const char *file = ms->ov.vae[0] ? ms->ov.vae : ms->kind == MS_SINGLE_FILE ? ms->path : NULL;
     if (file) {
         vae_config c;
@@ -308,4 +359,119 @@ int comp_joint_width(const model_store *ms) {
     if (t && t->ndim == 2 && t->dt == DT_U8 && st_find(f, "model.diffusion_model.context_embedder.weight.qscale")) J *= 2;
     st_close(f);
     return J;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Memory policy (components.h)                                                                     */
+/* ------------------------------------------------------------------------------------------------ */
+
+const char *comp_id_name(comp_id c) {
+    static const char *names[COMP_COUNT] = {"text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"};
+    return c >= 0 && c < COMP_COUNT ? names[c] : "?";
+}
+
+/* Every registered comp_res, by model_store (contexts may live in several threads: guarded). */
+static comp_res *g_res;
+static pthread_mutex_t g_res_lock = PTHREAD_MUTEX_INITIALIZER;
+
+sd3_status comp_res_attach(const model_store *ms, int keep, comp_res **out, sd3_err *err) {
+    *out = NULL;
+    comp_res *r = calloc(1, sizeof *r);
+    if (!r) return sd3_errf(err, SD3_ERR_NOMEM, "out of memory");
+    r->ms = ms;
+    r->keep = keep ? 1 : 0;
+    pthread_mutex_lock(&g_res_lock);
+    r->next = g_res;
+    g_res = r;
+    pthread_mutex_unlock(&g_res_lock);
+    *out = r;
+    return SD3_OK;
+}
+
+comp_res *comp_res_of(const model_store *ms) {
+    comp_res *found = NULL;
+    pthread_mutex_lock(&g_res_lock);
+    for (comp_res *r = g_res; r && !found; r = r->next)
+        if (r->ms == ms) found = r;
+    pthread_mutex_unlock(&g_res_lock);
+    return found;
+}
+
+void comp_res_detach(comp_res *r) {
+    if (!r) return;
+    pthread_mutex_lock(&g_res_lock);
+    for (comp_res **p = &g_res; *p; p = &(*p)->next)
+        if (*p == r) { *p = r->next; break; }
+    pthread_mutex_unlock(&g_res_lock);
+    for (int k = 0; k < 3; k++)
+        if (r->have_te[k]) comp_te_close(&r->te[k]);
+    if (r->have_mmdit) mmdit_free(&r->mmdit);
+    if (r->have_vae) vae_free(&r->vae);
+    free(r);
+}
+
+sd3_status comp_mmdit_get(const model_store *ms, int quant, mmdit_model *local, mmdit_model **out, sd3_err *err) {
+    *out = NULL;
+    comp_res *res = comp_res_of(ms);
+    if (res && res->keep && res->have_mmdit && res->mmdit_quant == quant) {
+        *out = &res->mmdit;
+        return SD3_OK;
+    }
+    memset(local, 0, sizeof *local);
+    sd3_status s = comp_open_mmdit(ms, local, err);
+    if (s) return s;
+    if (quant) {   /* owned int8/int4 copies of the Linears (before LoRAs attach); float pages released */
+        if ((s = quant_mmdit(local, quant, local->owns_weights ? &local->w : NULL, NULL, err))) { mmdit_free(local); return s; }
+        if (local->owns_weights) weights_release_pages(&local->w);
+    }
+    if (res && res->keep) {
+        if (res->have_mmdit) mmdit_free(&res->mmdit);   /* kept with another quantisation */
+        res->mmdit = *local;
+        res->have_mmdit = 1;
+        res->mmdit_quant = quant;
+        memset(local, 0, sizeof *local);
+        *out = &res->mmdit;
+    } else {
+        *out = local;
+    }
+    return SD3_OK;
+}
+
+void comp_mmdit_put(const model_store *ms, mmdit_model *m) {
+    if (!m) return;
+    comp_res *res = comp_res_of(ms);
+    if (res && res->have_mmdit && m == &res->mmdit) {
+        lora_detach_all(m);   /* run-time LoRAs belong to one generation */
+        m->stream_layers = 0;
+        return;
+    }
+    mmdit_free(m);
+}
+
+sd3_status comp_vae_get(const model_store *ms, vae_model *local, vae_model **out, sd3_err *err) {
+    *out = NULL;
+    comp_res *res = comp_res_of(ms);
+    if (res && res->keep && res->have_vae) {
+        *out = &res->vae;
+        return SD3_OK;
+    }
+    memset(local, 0, sizeof *local);
+    sd3_status s = comp_open_vae(ms, local, err);
+    if (s) return s;
+    if (res && res->keep) {
+        res->vae = *local;
+        res->have_vae = 1;
+        memset(local, 0, sizeof *local);
+        *out = &res->vae;
+    } else {
+        *out = local;
+    }
+    return SD3_OK;
+}
+
+void comp_vae_put(const model_store *ms, vae_model *v) {
+    if (!v) return;
+    comp_res *res = comp_res_of(ms);
+    if (res && res->have_vae && v == &res->vae) return;
+    vae_free(v);
 }

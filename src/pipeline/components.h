@@ -49,6 +49,7 @@ typedef struct comp_te {
     void *eye_buf;
     cJSON *config;
     char label[MS_PATH_MAX];  /* what errors call it: the folder, the file, or "file:prefix" */
+    int resident;         /* a copy of the one a comp_res keeps: comp_te_close only forgets it */
 } comp_te;
 
 /* Record the overrides (any may be NULL or "") in ms->ov and check each file now: it must exist and hold
@@ -78,5 +79,54 @@ sd3_status comp_open_mmdit(const model_store *ms, mmdit_model *m, sd3_err *err);
 sd3_status comp_open_vae(const model_store *ms, vae_model *v, sd3_err *err);
 /* The transformer's joint attention width (context_embedder input), 4096 when it cannot be read. */
 int comp_joint_width(const model_store *ms);
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Memory policy: load counts and resident components (sd3_model_params.keep_loaded)                */
+/* ------------------------------------------------------------------------------------------------ */
+
+/* The components the policy counts, in diffusers' enable_model_cpu_offload order. */
+typedef enum comp_id { COMP_CLIP_L = 0, COMP_CLIP_G, COMP_T5, COMP_MMDIT, COMP_VAE, COMP_COUNT } comp_id;
+/* "text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae". */
+const char *comp_id_name(comp_id c);
+
+/* What a context keeps of its model between generations. Default policy (keep = 0): every component is
+ * opened (mapped, its header and config parsed), used and closed in turn, each generation again. keep = 1:
+ * a component opened once stays open here until comp_res_detach (sd3_load of another model, sd3_ctx_free),
+ * so a second generation opens, maps and parses no weights: the text encoders' weight sets and configs, the
+ * MMDiT (with its int8/int4 copies when quantised at load) and the VAE. Per generation, still: the
+ * tokenizers are read, the text encoders' tensor views are bound (clip_load / t5_load, no I/O) and a T5
+ * quantised at load (`--t5 int8`) is quantised again, since those live in encode_prompt.c.
+ * The registry is found by model_store, so the opening functions above (and encode_prompt, which calls
+ * them) use it without a new parameter; a model_store without one (tools, tests, golden runner) follows
+ * the default policy and is not counted. */
+typedef struct comp_res {
+    const model_store *ms;
+    int keep;
+    int loads[COMP_COUNT];        /* times each component was opened from its files */
+    comp_te te[3];                /* resident text encoders (keep) */
+    int have_te[3];
+    mmdit_model mmdit;            /* resident transformer (keep), quantised as mmdit_quant says */
+    int have_mmdit, mmdit_quant;
+    vae_model vae;                /* resident VAE (keep) */
+    int have_vae;
+    struct comp_res *next;
+} comp_res;
+
+/* Register ms with the policy keep (0 or 1); *out is owned by the caller (comp_res_detach). */
+sd3_status comp_res_attach(const model_store *ms, int keep, comp_res **out, sd3_err *err);
+/* Close every resident component and unregister (NULL is fine). Call before ms_close. */
+void comp_res_detach(comp_res *r);
+/* The registry of ms, or NULL. */
+comp_res *comp_res_of(const model_store *ms);
+
+/* The MMDiT for one generation: the resident one, or opened now (and quantised when quant is 8 or 4, the
+ * float pages then released); kept resident when the policy keeps. local is storage for a model that is
+ * not kept. Hand it back with comp_mmdit_put, which detaches run-time LoRAs from a resident model and
+ * frees any other. */
+sd3_status comp_mmdit_get(const model_store *ms, int quant, mmdit_model *local, mmdit_model **out, sd3_err *err);
+void comp_mmdit_put(const model_store *ms, mmdit_model *m);
+/* The VAE for one use, in the same way (comp_vae_put frees one that is not resident). */
+sd3_status comp_vae_get(const model_store *ms, vae_model *local, vae_model **out, sd3_err *err);
+void comp_vae_put(const model_store *ms, vae_model *v);
 
 #endif /* SD3_PIPELINE_COMPONENTS_H */

@@ -7,7 +7,6 @@
 #include "mmdit/mmdit.h"
 #include "pipeline/components.h"
 #include "pipeline/generate.h"
-#include "quant/quant_models.h"
 #include "sample/flow.h"
 #include "vae/vae.h"
 
@@ -25,11 +24,6 @@ void pipe_out_free(pipe_out *o) {
 static void tap(const pipe_taps *t, const char *name, int step, const float *x, int64_t n) {
     if (t && t->fn) t->fn(t->user, name, step, x, n);
 }
-
-/* Open the VAE / the MMDiT from wherever the model keeps them (folder, single file, --vae; components.h). */
-static sd3_status open_vae(const model_store *ms, vae_model *v, sd3_err *err) { return comp_open_vae(ms, v, err); }
-
-static sd3_status open_mmdit(const model_store *ms, mmdit_model *m, sd3_err *err) { return comp_open_mmdit(ms, m, err); }
 
 /* The scheduler from scheduler/scheduler_config.json (SD3's defaults for a single file), with an
  * optional shift override. */
@@ -54,27 +48,26 @@ static sd3_status open_scheduler(const model_store *ms, float shift, flow_sched 
 static sd3_status img2img_latents(const model_store *ms, const pipe_req *r, torch_gen *g, flow_sched *sch, float t0,
                                   int B, int L, int h, int w, float *latents, float *image_latents, float *noise,
                                   const pipe_taps *taps, sd3_err *err) {
-    vae_model v;
-    memset(&v, 0, sizeof v);
-    sd3_status s = open_vae(ms, &v, err);
+    vae_model vl, *vp = NULL;   /* resident (keep_loaded) or opened for this use (components.h) */
+    sd3_status s = comp_vae_get(ms, &vl, &vp, err);
     if (s) return s;
     int64_t hw = (int64_t)h * w, one = (int64_t)L * hw;
     float *mom = sd3_malloc(sizeof(float) * 2 * one), *mean = sd3_malloc(sizeof(float) * one);
     float *logvar = sd3_malloc(sizeof(float) * one);
     if (!mom || !mean || !logvar) { s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory"); goto done; }
-    if (v.cfg.latent_channels != L) {
-        s = sd3_errf(err, SD3_ERR_SHAPE, "vae has %d latent channels, the transformer %d", v.cfg.latent_channels, L);
+    if (vp->cfg.latent_channels != L) {
+        s = sd3_errf(err, SD3_ERR_SHAPE, "vae has %d latent channels, the transformer %d", vp->cfg.latent_channels, L);
         goto done;
     }
-    s = (r->vae_tiling || (int64_t)r->height * r->width > VAE_TILE_ABOVE_PIXELS) && vae_encode_wants_tiling(&v, r->height, r->width)
-            ? vae_encode_tiled(&v, r->init_image, 1, 3, r->height, r->width, mom, err)
-            : vae_encode(&v, r->init_image, 1, 3, r->height, r->width, mom, NULL, err);
+    s = (r->vae_tiling || (int64_t)r->height * r->width > VAE_TILE_ABOVE_PIXELS) && vae_encode_wants_tiling(vp, r->height, r->width)
+            ? vae_encode_tiled(vp, r->init_image, 1, 3, r->height, r->width, mom, err)
+            : vae_encode(vp, r->init_image, 1, 3, r->height, r->width, mom, NULL, err);
     if (s) goto done;
     vae_moments_split(mom, 1, L, hw, mean, logvar);
     tgen_randn(g, noise, one);                       /* random draw 0: the posterior sample */
     tap(taps, "random_draw_0", -1, noise, one);
     vae_posterior_sample(mean, logvar, noise, mean, (size_t)one);
-    vae_latents_from_encoder(&v.cfg, mean, mean, (size_t)one);
+    vae_latents_from_encoder(&vp->cfg, mean, mean, (size_t)one);
     for (int b = 0; b < B; b++) memcpy(image_latents + b * one, mean, sizeof(float) * one);
     tgen_randn(g, noise, B * one);                   /* random draw 1: the forward-process noise */
     tap(taps, "random_draw_1", -1, noise, B * one);
@@ -84,7 +77,7 @@ done:
     sd3_free(mom);
     sd3_free(mean);
     sd3_free(logvar);
-    vae_free(&v);
+    comp_vae_put(ms, vp);
     return s;
 }
 
@@ -119,9 +112,7 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
     memset(&eo, 0, sizeof eo);
     flow_sched sch;
     memset(&sch, 0, sizeof sch);
-    mmdit_model m;
-    memset(&m, 0, sizeof m);
-    int have_m = 0;
+    mmdit_model m_local, *mp = NULL;   /* resident (keep_loaded) or opened for this call (components.h) */
     float *lat2 = NULL, *ctx2 = NULL, *pool2 = NULL, *ts = NULL, *pred = NULL, *v = NULL, *skip_out = NULL;
     float *img_lat = NULL, *noise = NULL, *mask_lat = NULL, *proper = NULL;
 
@@ -137,28 +128,25 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
     int n_steps = r->sigmas ? r->n_sigmas : r->steps;
 
     /* 3. transformer (needed for the latent shape) */
-    if ((s = open_mmdit(ms, &m, err))) goto done;
-    have_m = 1;
-    if (r->mmdit_quant) {   /* owned int8/int4 copies of the Linears (before LoRAs attach); float pages released */
-        if ((s = quant_mmdit(&m, r->mmdit_quant, m.owns_weights ? &m.w : NULL, NULL, err))) goto done;
-        if (m.owns_weights) weights_release_pages(&m.w);
-    }
+    if ((s = comp_mmdit_get(ms, r->mmdit_quant, &m_local, &mp, err))) goto done;
+    mmdit_model *m = mp;
+    m->stream_layers = r->stream_layers;
     for (int k = 0; k < r->n_skip_layers; k++)  /* checked now: the SLG window may never reach them */
-        if (r->skip_layers[k] < 0 || r->skip_layers[k] >= m.cfg.num_layers) {
+        if (r->skip_layers[k] < 0 || r->skip_layers[k] >= m->cfg.num_layers) {
             s = sd3_errf(err, SD3_ERR_INVALID_ARG, "skip layer %d: the transformer has blocks 0..%d", r->skip_layers[k],
-                         m.cfg.num_layers - 1);
+                         m->cfg.num_layers - 1);
             goto done;
         }
     for (int k = 0; k < r->n_loras; k++) {
         lora_file *lf = NULL;
         if ((s = lora_open(&lf, r->loras[k], err))) goto done;
-        s = lora_attach(&m, lf, r->lora_scales ? r->lora_scales[k] : 1.0f, r->lora_lenient, err);
+        s = lora_attach(m, lf, r->lora_scales ? r->lora_scales[k] : 1.0f, r->lora_lenient, err);
         lora_close(lf);  /* the model keeps its own reference while adapters use it */
         if (s) goto done;
     }
-    int L = m.cfg.in_channels, h = r->height / 8, w = r->width / 8;
+    int L = m->cfg.in_channels, h = r->height / 8, w = r->width / 8;
     if (sch.cfg.use_dynamic_shifting) {
-        int seq = (h / m.cfg.patch_size) * (w / m.cfg.patch_size);
+        int seq = (h / m->cfg.patch_size) * (w / m->cfg.patch_size);
         fo.has_mu = 1;
         fo.mu = flow_calculate_shift(seq, sch.cfg.base_image_seq_len, sch.cfg.max_image_seq_len, sch.cfg.base_shift,
                                      sch.cfg.max_shift);
@@ -229,7 +217,7 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
         memcpy(lat2, o->latents, sizeof(float) * nlat);
         if (cfg) memcpy(lat2 + nlat, o->latents, sizeof(float) * nlat);
         for (int b = 0; b < Bm; b++) ts[b] = t;
-        if ((s = mmdit_forward(&m, lat2, Bm, h, w, ctx2, S, pool2, ts, NULL, 0, pred, err))) goto done;
+        if ((s = mmdit_forward(m, lat2, Bm, h, w, ctx2, S, pool2, ts, NULL, 0, pred, err))) goto done;
         tap(taps, "noise_pred_raw", i, pred, (int64_t)Bm * one);
         if (cfg) {
             const float *u = pred, *c = pred + nlat;
@@ -237,7 +225,7 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
             int slg = r->slg_scale > 0 && r->n_skip_layers > 0 && (double)i > n_run * (double)r->slg_start &&
                       (double)i < n_run * (double)r->slg_stop;
             if (slg) {
-                if ((s = mmdit_forward(&m, o->latents, B, h, w, eo.pe, S, eo.pooled, ts, r->skip_layers, r->n_skip_layers,
+                if ((s = mmdit_forward(m, o->latents, B, h, w, eo.pe, S, eo.pooled, ts, r->skip_layers, r->n_skip_layers,
                                        skip_out, err)))
                     goto done;
                 for (int64_t k = 0; k < nlat; k++) v[k] = v[k] + (c[k] - skip_out[k]) * r->slg_scale;
@@ -267,34 +255,33 @@ sd3_status pipe_generate(const model_store *ms, const pipe_req *r, const pipe_ta
             goto done;
         }
     }
-    mmdit_free(&m);   /* release the transformer before the VAE comes in */
-    have_m = 0;
+    comp_mmdit_put(ms, mp);   /* release the transformer before the VAE comes in (unless kept resident) */
+    mp = NULL;
 
     /* 6. decode */
     if (r->decode) {
-        vae_model vm;
-        memset(&vm, 0, sizeof vm);
-        if ((s = open_vae(ms, &vm, err))) goto done;
-        int H = h * vae_downscale(&vm.cfg), W = w * vae_downscale(&vm.cfg);
+        vae_model vl, *vm = NULL;
+        if ((s = comp_vae_get(ms, &vl, &vm, err))) goto done;
+        int H = h * vae_downscale(&vm->cfg), W = w * vae_downscale(&vm->cfg);
         float *z = sd3_malloc(sizeof(float) * nlat);
         o->decoded = sd3_malloc(sizeof(float) * (size_t)B * 3 * H * W);
         if (!z || !o->decoded) {
             sd3_free(z);
-            vae_free(&vm);
+            comp_vae_put(ms, vm);
             s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory for the decode");
             goto done;
         }
-        vae_latents_to_decoder(&vm.cfg, o->latents, z, (size_t)nlat);
-        s = (r->vae_tiling || (int64_t)H * W > VAE_TILE_ABOVE_PIXELS) && vae_decode_wants_tiling(&vm, h, w) ? vae_decode_tiled(&vm, z, B, L, h, w, o->decoded, err)
-                                               : vae_decode(&vm, z, B, L, h, w, o->decoded, NULL, err);
+        vae_latents_to_decoder(&vm->cfg, o->latents, z, (size_t)nlat);
+        s = (r->vae_tiling || (int64_t)H * W > VAE_TILE_ABOVE_PIXELS) && vae_decode_wants_tiling(vm, h, w) ? vae_decode_tiled(vm, z, B, L, h, w, o->decoded, err)
+                                               : vae_decode(vm, z, B, L, h, w, o->decoded, NULL, err);
         sd3_free(z);
-        vae_free(&vm);
+        comp_vae_put(ms, vm);
         if (s) goto done;
         if ((s = check_finite(o->decoded, (int64_t)B * 3 * H * W, "the VAE decode", 1, err))) goto done;
     }
     s = SD3_OK;
 done:
-    if (have_m) mmdit_free(&m);
+    comp_mmdit_put(ms, mp);
     flow_free(&sch);
     encode_out_free(&eo);
     sd3_free(lat2);

@@ -1,7 +1,9 @@
 /*
  * generate.h — the denoising pipeline of StableDiffusion3Pipeline (txt2img) and
  * StableDiffusion3Img2ImgPipeline (img2img), under the memory policy: text encoders one at a time
- * (encode_prompt), then the MMDiT, released before the VAE is loaded.
+ * (encode_prompt), then the MMDiT, released before the VAE is loaded — or all kept resident between calls
+ * when the model_store's comp_res says so (keep_loaded, components.h); optionally with the MMDiT's blocks
+ * streamed (stream_layers).
  *
  * Order of work and of random draws, as diffusers: encode prompts; img2img: VAE-encode the init image,
  * draw the posterior noise (randn of the latent shape of ONE image), then the forward-process noise
@@ -42,6 +44,7 @@ typedef struct pipe_req {
     int vae_tiling;             /* 1: tiled VAE whenever diffusers' enable_tiling would tile (bounded memory);
                                    0: only above VAE_TILE_ABOVE_PIXELS (untiled = diffusers' default output) */
     int mmdit_quant;            /* 0, or 8 / 4: the transformer's Linears quantised at load (quant_models.h) */
+    int stream_layers;          /* stream the transformer's blocks through memory (mmdit.h, mmdit_model.stream_layers) */
     sd3_progress_fn progress;
     void *progress_user;
 } pipe_req;

@@ -9,8 +9,15 @@
 #include "pipeline/pipeline.h"
 
 void pipeline_unload(sd3_ctx *ctx) {
+    comp_res_detach(ctx->res);   /* resident components first: they hold views of the store's files */
+    ctx->res = NULL;
     ms_close(ctx->ms);
     ctx->ms = NULL;
+}
+
+int pipeline_component_loads(const sd3_ctx *ctx, int comp) {
+    if (!ctx || !ctx->res || comp < 0 || comp >= COMP_COUNT) return -1;
+    return ctx->res->loads[comp];
 }
 
 sd3_status sd3_load(sd3_ctx *ctx, const sd3_model_params *mp) {
@@ -35,6 +42,10 @@ sd3_status sd3_load(sd3_ctx *ctx, const sd3_model_params *mp) {
     /* --clip-l/--clip-g/--t5xxl/--vae, checked now (components.h) */
     if ((s = comp_set_overrides(ctx->ms, mp->clip_l, mp->clip_g, mp->t5xxl, mp->vae, &ctx->err)) ||
         (mp->config && (s = comp_set_config_dir(ctx->ms, mp->config, &ctx->err)))) {
+        pipeline_unload(ctx);
+        return s;
+    }
+    if ((s = comp_res_attach(ctx->ms, mp->keep_loaded, &ctx->res, &ctx->err))) {
         pipeline_unload(ctx);
         return s;
     }
@@ -122,6 +133,7 @@ sd3_status sd3_generate(sd3_ctx *ctx, const sd3_gen_params *p, sd3_image *images
     r.text.no_t5 = ctx->model.no_t5;
     r.text.t5_quant = ctx->model.t5_quant;
     r.mmdit_quant = ctx->model.mmdit_quant;
+    r.stream_layers = ctx->model.stream_layers;
     r.width = p->width;
     r.height = p->height;
     r.steps = p->steps;
