@@ -76,9 +76,13 @@ void k_silu_ref(float *y, const float *x, size_t n);
 
 /* 2-D convolution: x [N, Cin, H, W], w [Cout, Cin, kh, kw] (any float dtype), b [Cout] or NULL;
  * padding pad_t/pad_b/pad_l/pad_r zeros (asymmetric allowed), stride s. Output [N, Cout, Ho, Wo] with
- * Ho = (H + pad_t + pad_b - kh) / s + 1, Wo likewise. */
+ * Ho = (H * u + pad_t + pad_b - kh) / s + 1, Wo likewise, u = up (0 counts as 1).
+ * up > 1 convolves the nearest-neighbour u-times upsampled input without materialising it: the conv
+ * sees an (H*u) x (W*u) image whose pixel (ih, iw) is x[ih / u, iw / u] (diffusers' Upsample2D
+ * interpolate + conv, fused; bit-identical to k_upsample_nearest2x then the conv when u = 2). */
 typedef struct conv2d_params {
     int N, Cin, H, W, Cout, kh, kw, stride, pad_t, pad_b, pad_l, pad_r;
+    int up;   /* input upsampling factor (0 or 1: none) */
 } conv2d_params;
 void conv2d_out_size(const conv2d_params *p, int *Ho, int *Wo);
 void k_conv2d(float *y, const float *x, const tensor *w, const tensor *b, const conv2d_params *p);

@@ -54,7 +54,7 @@ static void tap(vae_run *r, const char *name, act a) {
 /* y = conv(x) with a k x k kernel, stride s and padding (t, b, l, r). */
 static act conv(vae_run *r, float *y, act x, const tensor *w, const tensor *b, int cout, int k, int s, int pt, int pb,
                 int pl, int pr) {
-    conv2d_params p = {r->N, x.C, x.H, x.W, cout, k, k, s, pt, pb, pl, pr};
+    conv2d_params p = {r->N, x.C, x.H, x.W, cout, k, k, s, pt, pb, pl, pr, 1};
     act o = {y, cout, 0, 0};
     conv2d_out_size(&p, &o.H, &o.W);
     need(r, x.C, x.H, x.W);

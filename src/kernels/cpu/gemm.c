@@ -384,16 +384,17 @@ static void matmul_one(const matmul_job *j, int bi) {
 
 /* ---- conv2d as an implicit GEMM: M = Cout (weights), N = output pixels, K = Cin*kh*kw ---------- */
 
-typedef struct conv_b { const float *x; const conv2d_params *p; int Ho, Wo; } conv_b;
+typedef struct conv_b { const float *x; const conv2d_params *p; int Ho, Wo, up; } conv_b;
 
 /* Pack output pixels idx0.. (cnt of them) x reduction indices k0..: dst[k*R + j] = the input value under
  * tap (ci, i, jj) of pixel idx0 + j, zero in the padding. Runs of pixels along an output row are filled
- * row segment by row segment (contiguous for stride 1). */
+ * row segment by row segment (contiguous for stride 1). With up > 1 the taps index the virtually
+ * upsampled image: pixel (ih, iw) reads x[ih / up, iw / up] (nothing upsampled is materialised). */
 static void pack_conv_b(const void *vctx, const kc_isa *isa, int idx0, int cnt, int k0, int kc, int R, float *dst) {
     (void)isa;
     const conv_b *c = vctx;
     const conv2d_params *p = c->p;
-    int khw = p->kh * p->kw;
+    int khw = p->kh * p->kw, u = c->up, Hu = p->H * u, Wu = p->W * u;
     for (int k = 0; k < kc; k++) {
         int kk = k0 + k, ci = kk / khw, r = kk % khw, ki = r / p->kw, kj = r % p->kw;
         const float *xc = c->x + (int64_t)ci * p->H * p->W;
@@ -404,15 +405,17 @@ static void pack_conv_b(const void *vctx, const kc_isa *isa, int idx0, int cnt, 
             int run = c->Wo - ow;
             if (run > cnt - j) run = cnt - j;
             int ih = oh * p->stride + ki - p->pad_t;
-            if (ih < 0 || ih >= p->H) {
+            if (ih < 0 || ih >= Hu) {
                 for (int t = 0; t < run; t++) d[j + t] = 0.0f;
             } else {
-                const float *xr = xc + (int64_t)ih * p->W;
+                const float *xr = xc + (int64_t)(ih / u) * p->W;
                 int iw = ow * p->stride + kj - p->pad_l;
-                if (p->stride == 1 && iw >= 0 && iw + run <= p->W) {
-                    memcpy(d + j, xr + iw, sizeof(float) * (size_t)run);
+                if (p->stride == 1 && iw >= 0 && iw + run <= Wu) {
+                    if (u == 1) memcpy(d + j, xr + iw, sizeof(float) * (size_t)run);
+                    else if (u == 2) for (int t = 0; t < run; t++) d[j + t] = xr[(iw + t) >> 1];
+                    else for (int t = 0; t < run; t++) d[j + t] = xr[(iw + t) / u];
                 } else {
-                    for (int t = 0; t < run; t++, iw += p->stride) d[j + t] = (iw >= 0 && iw < p->W) ? xr[iw] : 0.0f;
+                    for (int t = 0; t < run; t++, iw += p->stride) d[j + t] = (iw >= 0 && iw < Wu) ? xr[iw / u] : 0.0f;
                 }
             }
             j += run;
@@ -421,19 +424,19 @@ static void pack_conv_b(const void *vctx, const kc_isa *isa, int idx0, int cnt, 
     }
 }
 
-/* conv2d per image as an implicit GEMM (weights x im2col tiles packed on the fly); a 1x1 stride-1
- * unpadded conv is a plain GEMM on the image itself. */
+/* conv2d per image as an implicit GEMM (weights x im2col tiles packed on the fly, upsampling folded into
+ * the packer); a 1x1 stride-1 unpadded conv without upsampling is a plain GEMM on the image itself. */
 void kc_conv2d(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *w, const tensor *b, const conv2d_params *p) {
-    int Ho, Wo;
+    int Ho, Wo, up = p->up > 1 ? p->up : 1;
     conv2d_out_size(p, &Ho, &Wo);
     if (Ho <= 0 || Wo <= 0 || p->Cout <= 0) return;
     int K = p->Cin * p->kh * p->kw;
     float *bias = bias_f32(isa, b, p->Cout);
     kc_rows a = {.t = w, .f32 = w->dt == DT_F32 ? (const float *)w->data : NULL, .ld = K};  /* F32 weights: read in place */
-    int plain = p->kh == 1 && p->kw == 1 && p->stride == 1 && !p->pad_t && !p->pad_b && !p->pad_l && !p->pad_r;
+    int plain = p->kh == 1 && p->kw == 1 && p->stride == 1 && up == 1 && !p->pad_t && !p->pad_b && !p->pad_l && !p->pad_r;
     for (int n = 0; n < p->N; n++) {
         const float *xn = x + (int64_t)n * p->Cin * p->H * p->W;
-        conv_b cb = {.x = xn, .p = p, .Ho = Ho, .Wo = Wo};
+        conv_b cb = {.x = xn, .p = p, .Ho = Ho, .Wo = Wo, .up = up};
         kc_cols cc = {.p = xn, .ld = (int64_t)p->H * p->W};  /* 1x1: x is already [Cin, HW] = [K, N] */
         kc_gemm g = {.M = p->Cout, .N = Ho * Wo, .K = K, .pack_a = kc_pack_rows, .actx = &a,
                      .pack_b = plain ? kc_pack_cols : pack_conv_b, .bctx = plain ? (const void *)&cc : (const void *)&cb,

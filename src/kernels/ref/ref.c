@@ -145,12 +145,14 @@ void k_silu_ref(float *y, const float *x, size_t n) {
 }
 
 void conv2d_out_size(const conv2d_params *p, int *Ho, int *Wo) {
-    *Ho = (p->H + p->pad_t + p->pad_b - p->kh) / p->stride + 1;
-    *Wo = (p->W + p->pad_l + p->pad_r - p->kw) / p->stride + 1;
+    int u = p->up > 1 ? p->up : 1;
+    *Ho = (p->H * u + p->pad_t + p->pad_b - p->kh) / p->stride + 1;
+    *Wo = (p->W * u + p->pad_l + p->pad_r - p->kw) / p->stride + 1;
 }
 
 void k_conv2d_ref(float *y, const float *x, const tensor *w, const tensor *b, const conv2d_params *p) {
-    int Ho, Wo;
+    int Ho, Wo, u = p->up > 1 ? p->up : 1;
+    int Hu = p->H * u, Wu = p->W * u;   /* the (virtually) upsampled input */
     conv2d_out_size(p, &Ho, &Wo);
     for (int n = 0; n < p->N; n++)
         for (int co = 0; co < p->Cout; co++)
@@ -160,11 +162,11 @@ void k_conv2d_ref(float *y, const float *x, const tensor *w, const tensor *b, co
                     for (int ci = 0; ci < p->Cin; ci++)
                         for (int i = 0; i < p->kh; i++) {
                             int ih = oh * p->stride + i - p->pad_t;
-                            if (ih < 0 || ih >= p->H) continue;
+                            if (ih < 0 || ih >= Hu) continue;
                             for (int j = 0; j < p->kw; j++) {
                                 int iw = ow * p->stride + j - p->pad_l;
-                                if (iw < 0 || iw >= p->W) continue;
-                                acc += x[(((int64_t)n * p->Cin + ci) * p->H + ih) * p->W + iw] *
+                                if (iw < 0 || iw >= Wu) continue;
+                                acc += x[(((int64_t)n * p->Cin + ci) * p->H + ih / u) * p->W + iw / u] *
                                        wget(w, (((int64_t)co * p->Cin + ci) * p->kh + i) * p->kw + j);
                             }
                         }
