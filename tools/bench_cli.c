@@ -7,7 +7,7 @@
  *
  *   sd3 bench [--arch sd3-medium|sd3.5-medium|sd3.5-large] [--component C] [--width W] [--height H]
  *             [--precision fp32|bf16] [--threads N] [--runs N] [--warmup N] [--steps N] [--batch B]
- *             [--tokens T] [--layers N] [--dtype bf16|fp16|fp32] [--no-t5] [--no-peak] [--standard]
+ *             [--tokens T] [--layers N] [--dtype bf16|fp16|fp32] [--no-t5] [--stream-layers] [--no-peak] [--standard]
  *
  * Components: mmdit (one CFG forward, batch 2, 77 + tokens text tokens), t5 (batch x tokens), clip-l,
  * clip-g (batch x 77, hidden_states[-2] and the pooled projection, as encode_prompt), vae-decode,
@@ -229,6 +229,7 @@ typedef struct bench_opts {
     syn_arch arch;
     const char *component;
     int width, height, bf16, threads, runs, warmup, steps, batch, tokens, layers, no_t5, no_peak, breakdown;
+    int stream_layers;   /* pipeline: the MMDiT's blocks streamed through memory (pipe_req.stream_layers) */
     dtype stored;
     double peak_fp32, peak_bf16, peak_fp32_cpu, peak_bf16_cpu;
 } bench_opts;
@@ -587,6 +588,7 @@ static sd3_status bench_pipeline(const bench_opts *o, bench_result *r, sd3_err *
     q.text.num_images_per_prompt = 1;
     q.text.max_sequence_length = o->tokens;
     q.text.no_t5 = o->no_t5;
+    q.stream_layers = o->stream_layers;
     q.width = o->width;
     q.height = o->height;
     q.steps = o->steps;
@@ -652,6 +654,7 @@ static const char *USAGE =
     "  --layers N         only the first N MMDiT / T5 blocks; the time is scaled to the whole model by FLOPs\n"
     "  --dtype bf16|fp16|fp32  stored dtype of the generated weights (default bf16)\n"
     "  --no-t5            without the T5 (zeros, as text_encoder_3=None)\n"
+    "  --stream-layers    pipeline: stream the MMDiT's blocks (read ahead, dropped after use; sd3 --stream-layers)\n"
     "  --no-peak          skip the peak microbenchmark\n"
     "  --breakdown        mmdit: one more forward timed per phase (adaLN/norms, joint attention with its\n"
     "                     projections, MMDiT-X attention, image FF, context FF, embeddings, output)\n"
@@ -724,9 +727,9 @@ static int bench_one(bench_opts *o) {
            o->warmup, r.layers_run, r.layers_total, full_s, r.cpu_s, full_s > 0 ? r.cpu_s / pool_threads() * full_s / r.seconds : 0, gflops_cpu, peak_cpu,
            peak_cpu > 0 ? gflops_cpu / peak_cpu : 0, load0, load1, variant);
     if (r.have_stages)
-        printf(", \"steps\": %d, \"no_t5\": %s, \"encode_s\": %.3f, \"encode_rss_mb\": %.0f, \"denoise_s\": %.3f, "
+        printf(", \"steps\": %d, \"no_t5\": %s, \"stream_layers\": %s, \"encode_s\": %.3f, \"encode_rss_mb\": %.0f, \"denoise_s\": %.3f, "
                "\"denoise_rss_mb\": %.0f, \"decode_s\": %.3f, \"decode_rss_mb\": %.0f",
-               o->steps, o->no_t5 ? "true" : "false", r.stage_s[0], r.stage_rss[0], r.stage_s[1], r.stage_rss[1],
+               o->steps, o->no_t5 ? "true" : "false", o->stream_layers ? "true" : "false", r.stage_s[0], r.stage_rss[0], r.stage_s[1], r.stage_rss[1],
                r.stage_s[2], r.stage_rss[2]);
     printf("}\n");
     fflush(stdout);
@@ -795,6 +798,7 @@ int sd3_cmd_bench(int argc, char **argv) {
         INTOPT("--tokens", 1, 512, o.tokens)
         INTOPT("--layers", 1, 1000, o.layers)
         else if (!strcmp(a, "--no-t5")) o.no_t5 = 1;
+        else if (!strcmp(a, "--stream-layers")) o.stream_layers = 1;
         else if (!strcmp(a, "--no-peak")) o.no_peak = 1;
         else if (!strcmp(a, "--breakdown")) o.breakdown = 1;
         else if (!strcmp(a, "--standard")) standard = 1;
