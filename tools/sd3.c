@@ -57,7 +57,10 @@ static void usage_generate(FILE *f) {
             "                            (default: stabilityai/stable-diffusion-3-medium-diffusers)\n"
             "      --clip-l/--clip-g/--t5xxl/--vae FILE   component overrides for single-file checkpoints\n"
             "      --config DIR          diffusers folder whose config.json files describe a single file\n"
-            "  -p, --prompt TEXT         the prompt (or -f/--prompt-file FILE)\n"
+            "  -p, --prompt TEXT         the prompt (or -f/--prompt-file FILE: the whole file is one prompt)\n"
+            "      --prompts FILE        one prompt per line (blank lines skipped): the model is loaded once\n"
+            "                            (--keep-loaded) and image k is written to -o with _%%04d before the\n"
+            "                            extension (out.png -> out_0001.png, out_0002.png, ...), same seed for each\n"
             "      --prompt-2/--prompt-3 TEXT             prompts for CLIP-G / T5 (default: the prompt)\n"
             "  -n, --negative-prompt TEXT  (also --negative-prompt-2/--negative-prompt-3)\n"
             "  -W, --width N / -H, --height N   image size, multiples of 16 (default %d x %d)\n"
@@ -82,6 +85,12 @@ static void usage_generate(FILE *f) {
             "      --lora FILE[:SCALE]   apply a LoRA to the transformer (repeatable; scale default 1)\n"
             "      --lora-lenient        LoRA keys that match nothing are warnings, not errors\n"
             "      --vae-tiling          tiled VAE as diffusers' enable_tiling (less memory; tiles anyway above 1536^2)\n"
+            "      --keep-loaded         keep every component loaded between images (with --prompts; default: each\n"
+            "                            component is mapped, used and released in turn, one resident at a time)\n"
+            "      --stream-layers       stream the transformer's blocks through memory: the next block is read\n"
+            "                            ahead, a finished one leaves RAM (the file stays mapped); same image, far\n"
+            "                            less resident memory for weights used as stored (fp32/bf16 precision;\n"
+            "                            int8/int4 copies are owned memory and do not shrink)\n"
             "  -v, --verbose\n",
             d.width, d.height, d.steps, (double)d.cfg_scale, d.max_sequence_length, (double)d.strength);
 }
@@ -165,6 +174,47 @@ static char *read_prompt_file(const char *path) {
     return s;
 }
 
+/* Read a file of prompts, one per line (trailing CR removed, blank lines skipped) into *out (pointers into
+ * the returned buffer); at least one, at most max. Errors name the file. */
+static char *read_prompt_lines(const char *path, const char ***out, int *n_out) {
+    sd3_err err = {0};
+    size_t n;
+    char *s = file_read_all(path, 16u << 20, &n, &err);
+    if (!s) die(1, "--prompts: %s", err.msg);
+    if (memchr(s, 0, n)) die(1, "--prompts %s: holds a NUL byte (not a text file of prompts)", path);
+    int cap = 16, k = 0;
+    const char **v = malloc(sizeof *v * (size_t)cap);
+    if (!v) die(1, "out of memory");
+    for (char *line = s, *next; line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        size_t l = strlen(line);
+        while (l && (line[l - 1] == '\r')) line[--l] = 0;
+        if (strspn(line, " \t") == l) continue;   /* blank */
+        if (k == 100000) die(1, "--prompts %s: more than 100000 prompts", path);
+        if (k == cap) {
+            cap *= 2;
+            const char **nv = realloc(v, sizeof *v * (size_t)cap);
+            if (!nv) die(1, "out of memory");
+            v = nv;
+        }
+        v[k++] = line;
+    }
+    if (!k) die(1, "--prompts %s: no prompts (the file is empty or blank; one prompt per line)", path);
+    *out = v;
+    *n_out = k;
+    return s;
+}
+
+/* The output pattern of prompt k (1-based) of a --prompts run: _NNNN before the extension of pat. */
+static void numbered_name(const char *pat, int k, char *out, size_t n) {
+    const char *dot = strrchr(pat, '.'), *slash = strrchr(pat, '/');
+    if (dot && (!slash || dot > slash) && dot != pat && (!slash || dot > slash + 1))
+        snprintf(out, n, "%.*s_%04d%s", (int)(dot - pat), pat, k, dot);
+    else
+        snprintf(out, n, "%s_%04d", pat, k);
+}
+
 /* The output must be writable before we spend minutes computing it: its folder exists and accepts files,
  * and the path is not a directory. */
 static void check_output_path(const char *flag, const char *path) {
@@ -220,10 +270,74 @@ static int progress_cb(int step, int n, double sec, void *user) {
     return 0;
 }
 
+/* One sd3_generate for the request gp, its images written to pattern pat (output_name) with the generation
+ * parameters as PNG text, and the latents to lat_path when given; exits with a one-line error on failure. */
+static void generate_one(sd3_ctx *ctx, const sd3_gen_params *gp, const sd3_model_params *mp, int bf16, const char *pat,
+                         const char *lat_path, sd3_image *imgs) {
+    float *lat = NULL;
+    if (sd3_generate(ctx, gp, imgs, lat_path ? &lat : NULL) != SD3_OK) die(1, "%s", sd3_last_error(ctx));
+    if (lat_path) {
+        sd3_err err = {0};
+        int64_t shape[4] = {gp->batch, 16, gp->height / 8, gp->width / 8};
+        st_writer *w = st_writer_new();
+        int bad = !w || st_writer_add(w, "latents", DT_F32, 4, shape, lat, &err) ||
+                  st_writer_meta(w, "format", "sd3c-latents", &err) || st_writer_write(w, lat_path, &err);
+        st_writer_free(w);
+        if (bad) die(1, "--save-latents: %s", err.msg[0] ? err.msg : "out of memory");
+        fprintf(stderr, "wrote %s\n", lat_path);
+    }
+    free(lat);
+    for (int b = 0; b < gp->batch; b++) {
+        char path[4096], seedbuf[32], stepbuf[16], cfgbuf[32], shiftbuf[32], wbuf[16], hbuf[16], bbuf[32], strbuf[32];
+        output_name(pat, b, gp->batch, path, sizeof path);
+        snprintf(seedbuf, sizeof seedbuf, "%llu", (unsigned long long)gp->seed);
+        snprintf(stepbuf, sizeof stepbuf, "%d", gp->steps);
+        snprintf(cfgbuf, sizeof cfgbuf, "%g", (double)gp->cfg_scale);
+        snprintf(shiftbuf, sizeof shiftbuf, "%g", gp->shift > 0 ? (double)gp->shift : 3.0);
+        snprintf(wbuf, sizeof wbuf, "%d", gp->width);
+        snprintf(hbuf, sizeof hbuf, "%d", gp->height);
+        snprintf(bbuf, sizeof bbuf, "%d of %d", b, gp->batch);
+        snprintf(strbuf, sizeof strbuf, "%g", gp->strength);
+        image_text tx[24];
+        int nt = 0;
+        tx[nt++] = (image_text){"prompt", gp->prompt};
+        if (gp->prompt_2) tx[nt++] = (image_text){"prompt_2", gp->prompt_2};
+        if (gp->prompt_3) tx[nt++] = (image_text){"prompt_3", gp->prompt_3};
+        tx[nt++] = (image_text){"negative_prompt", gp->negative_prompt ? gp->negative_prompt : ""};
+        tx[nt++] = (image_text){"seed", seedbuf};
+        tx[nt++] = (image_text){"steps", stepbuf};
+        tx[nt++] = (image_text){"cfg_scale", cfgbuf};
+        tx[nt++] = (image_text){"shift", shiftbuf};
+        tx[nt++] = (image_text){"width", wbuf};
+        tx[nt++] = (image_text){"height", hbuf};
+        tx[nt++] = (image_text){"batch_index", bbuf};
+        tx[nt++] = (image_text){"model", mp->model};
+        tx[nt++] = (image_text){"sampler", "flow-match euler (FlowMatchEulerDiscreteScheduler)"};
+        if (gp->init_image) tx[nt++] = (image_text){"strength", strbuf};
+        if (mp->no_t5) tx[nt++] = (image_text){"no_t5", "true"};
+        tx[nt++] = (image_text){"precision", mp->mmdit_quant == 8 ? "int8" : mp->mmdit_quant == 4 ? "int4" : bf16 ? "bf16" : "fp32"};
+        if (mp->t5_quant) tx[nt++] = (image_text){"t5", mp->t5_quant == 8 ? "int8" : "int4"};
+        char lorabuf[4096] = "";
+        for (int k = 0; k < gp->n_loras; k++) {
+            size_t l = strlen(lorabuf);
+            snprintf(lorabuf + l, sizeof lorabuf - l, "%s%s:%g", k ? ", " : "", gp->loras[k], (double)gp->lora_scales[k]);
+        }
+        if (gp->n_loras) tx[nt++] = (image_text){"loras", lorabuf};
+        char sw[64];
+        snprintf(sw, sizeof sw, "sd3c %s", sd3_version());
+        tx[nt++] = (image_text){"software", sw};
+        image im = {imgs[b].width, imgs[b].height, imgs[b].rgb};
+        sd3_err err = {0};
+        if (image_write_png(&im, path, tx, nt, &err) != SD3_OK) die(1, "--output: %s", err.msg);
+        fprintf(stderr, "wrote %s (seed %llu)\n", path, (unsigned long long)gp->seed);
+    }
+    for (int b = 0; b < gp->batch; b++) sd3_image_free(&imgs[b]);
+}
+
 static int cmd_generate(int argc, char **argv) {
     sd3_model_params mp = sd3_model_params_default();
     sd3_gen_params gp = sd3_gen_params_default();
-    const char *out = "output.png", *save_latents = NULL;
+    const char *out = "output.png", *save_latents = NULL, *prompts_file = NULL;
     int threads = 0, verbose = 0, have_seed = 0, set_w = 0, set_h = 0, bf16 = 0;
     static float sigmas[MAX_SIGMAS];
     static int skip[MAX_SKIP];
@@ -280,6 +394,9 @@ static int cmd_generate(int argc, char **argv) {
             gp.lora_scales = lora_scale;
         } else if (!strcmp(a, "--lora-lenient")) gp.lora_lenient = 1;
         else if (!strcmp(a, "--vae-tiling")) gp.vae_tiling = 1;
+        else if (!strcmp(a, "--prompts")) prompts_file = NEXT();
+        else if (!strcmp(a, "--keep-loaded")) mp.keep_loaded = 1;
+        else if (!strcmp(a, "--stream-layers")) mp.stream_layers = 1;
         else if (!strcmp(a, "--no-t5")) mp.no_t5 = 1;
         else if (!strcmp(a, "--precision")) {
             const char *v = NEXT();
@@ -299,7 +416,16 @@ static int cmd_generate(int argc, char **argv) {
         else die(2, "unknown option '%s' (see sd3 generate --help)", a);
     }
 #undef NEXT
-    if (!gp.prompt) die(2, "no prompt: give -p TEXT or -f FILE");
+    if (prompts_file && gp.prompt) die(2, "--prompts: give either -p/-f or --prompts, not both");
+    const char **prompts = &gp.prompt;
+    int n_prompts = 1;
+    char *prompts_buf = NULL;
+    if (prompts_file) {
+        prompts_buf = read_prompt_lines(prompts_file, &prompts, &n_prompts);
+        gp.prompt = prompts[0];
+        mp.keep_loaded = 1;   /* one load, many images */
+    }
+    if (!gp.prompt) die(2, "no prompt: give -p TEXT, -f FILE or --prompts FILE");
     if (!have_seed) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -315,10 +441,16 @@ static int cmd_generate(int argc, char **argv) {
         image_free(&im);
     }
     if (count_pct_d(out) > 1 || strchr_other_pct(out)) die(2, "--output: only one %%d (the batch index) may appear in '%s'", out);
-    char first[4096];
-    output_name(out, 0, gp.batch, first, sizeof first);
+    char first[4096], pat[4096], lat_path[4096];
+    if (prompts_file) numbered_name(out, 1, pat, sizeof pat);
+    else snprintf(pat, sizeof pat, "%s", out);
+    output_name(pat, 0, gp.batch, first, sizeof first);
     check_output_path("--output", first);
-    if (save_latents) check_output_path("--save-latents", save_latents);
+    if (save_latents) {
+        if (prompts_file) numbered_name(save_latents, 1, lat_path, sizeof lat_path);
+        else snprintf(lat_path, sizeof lat_path, "%s", save_latents);
+        check_output_path("--save-latents", lat_path);
+    }
 
     sd3_ctx_params cp = sd3_ctx_params_default();
     cp.n_threads = threads;
@@ -333,67 +465,21 @@ static int cmd_generate(int argc, char **argv) {
     if (sd3_load(ctx, &mp) != SD3_OK) die(1, "%s", sd3_last_error(ctx));
     if (verbose) fprintf(stderr, "seed %llu\n", (unsigned long long)gp.seed);
     sd3_image *imgs = calloc((size_t)gp.batch, sizeof *imgs);
-    float *lat = NULL;
+    if (!imgs) die(1, "out of memory");
     double t0 = sd3_time();
-    if (sd3_generate(ctx, &gp, imgs, save_latents ? &lat : NULL) != SD3_OK) die(1, "%s", sd3_last_error(ctx));
-    if (save_latents) {
-        sd3_err err = {0};
-        int64_t shape[4] = {gp.batch, 16, gp.height / 8, gp.width / 8};
-        st_writer *w = st_writer_new();
-        int bad = !w || st_writer_add(w, "latents", DT_F32, 4, shape, lat, &err) ||
-                  st_writer_meta(w, "format", "sd3c-latents", &err) || st_writer_write(w, save_latents, &err);
-        st_writer_free(w);
-        if (bad) die(1, "--save-latents: %s", err.msg[0] ? err.msg : "out of memory");
-        fprintf(stderr, "wrote %s\n", save_latents);
-    }
-    free(lat);
-    for (int b = 0; b < gp.batch; b++) {
-        char path[4096], seedbuf[32], stepbuf[16], cfgbuf[32], shiftbuf[32], wbuf[16], hbuf[16], bbuf[32], strbuf[32];
-        output_name(out, b, gp.batch, path, sizeof path);
-        snprintf(seedbuf, sizeof seedbuf, "%llu", (unsigned long long)gp.seed);
-        snprintf(stepbuf, sizeof stepbuf, "%d", gp.steps);
-        snprintf(cfgbuf, sizeof cfgbuf, "%g", (double)gp.cfg_scale);
-        snprintf(shiftbuf, sizeof shiftbuf, "%g", gp.shift > 0 ? (double)gp.shift : 3.0);
-        snprintf(wbuf, sizeof wbuf, "%d", gp.width);
-        snprintf(hbuf, sizeof hbuf, "%d", gp.height);
-        snprintf(bbuf, sizeof bbuf, "%d of %d", b, gp.batch);
-        snprintf(strbuf, sizeof strbuf, "%g", gp.strength);
-        image_text tx[24];
-        int nt = 0;
-        tx[nt++] = (image_text){"prompt", gp.prompt};
-        if (gp.prompt_2) tx[nt++] = (image_text){"prompt_2", gp.prompt_2};
-        if (gp.prompt_3) tx[nt++] = (image_text){"prompt_3", gp.prompt_3};
-        tx[nt++] = (image_text){"negative_prompt", gp.negative_prompt ? gp.negative_prompt : ""};
-        tx[nt++] = (image_text){"seed", seedbuf};
-        tx[nt++] = (image_text){"steps", stepbuf};
-        tx[nt++] = (image_text){"cfg_scale", cfgbuf};
-        tx[nt++] = (image_text){"shift", shiftbuf};
-        tx[nt++] = (image_text){"width", wbuf};
-        tx[nt++] = (image_text){"height", hbuf};
-        tx[nt++] = (image_text){"batch_index", bbuf};
-        tx[nt++] = (image_text){"model", mp.model};
-        tx[nt++] = (image_text){"sampler", "flow-match euler (FlowMatchEulerDiscreteScheduler)"};
-        if (gp.init_image) tx[nt++] = (image_text){"strength", strbuf};
-        if (mp.no_t5) tx[nt++] = (image_text){"no_t5", "true"};
-        tx[nt++] = (image_text){"precision", mp.mmdit_quant == 8 ? "int8" : mp.mmdit_quant == 4 ? "int4" : bf16 ? "bf16" : "fp32"};
-        if (mp.t5_quant) tx[nt++] = (image_text){"t5", mp.t5_quant == 8 ? "int8" : "int4"};
-        char lorabuf[4096] = "";
-        for (int k = 0; k < gp.n_loras; k++) {
-            size_t l = strlen(lorabuf);
-            snprintf(lorabuf + l, sizeof lorabuf - l, "%s%s:%g", k ? ", " : "", gp.loras[k], (double)gp.lora_scales[k]);
+    for (int k = 0; k < n_prompts; k++) {
+        gp.prompt = prompts[k];
+        if (prompts_file) {
+            numbered_name(out, k + 1, pat, sizeof pat);
+            if (save_latents) numbered_name(save_latents, k + 1, lat_path, sizeof lat_path);
+            fprintf(stderr, "prompt %d/%d: %s\n", k + 1, n_prompts, gp.prompt);
         }
-        if (gp.n_loras) tx[nt++] = (image_text){"loras", lorabuf};
-        char sw[64];
-        snprintf(sw, sizeof sw, "sd3c %s", sd3_version());
-        tx[nt++] = (image_text){"software", sw};
-        image im = {imgs[b].width, imgs[b].height, imgs[b].rgb};
-        sd3_err err = {0};
-        if (image_write_png(&im, path, tx, nt, &err) != SD3_OK) die(1, "--output: %s", err.msg);
-        fprintf(stderr, "wrote %s (seed %llu)\n", path, (unsigned long long)gp.seed);
+        generate_one(ctx, &gp, &mp, bf16, pat, save_latents ? lat_path : NULL, imgs);
     }
     if (verbose) fprintf(stderr, "total %.1fs, peak RSS %.0f MB\n", sd3_time() - t0, (double)sd3_peak_rss() / 1e6);
-    for (int b = 0; b < gp.batch; b++) sd3_image_free(&imgs[b]);
     free(imgs);
+    free(prompts_buf);
+    if (prompts_file) free((void *)prompts);
     sd3_ctx_free(ctx);
     return 0;
 }

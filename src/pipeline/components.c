@@ -272,7 +272,10 @@ sd3_status comp_te_open(const model_store *ms, te_role r, comp_te *te, sd3_err *
     sd3_status s = te_open_files(ms, r, te, err);
     if (s || !res) return s;
     res->loads[r]++;
-    LOG_INFO("loaded %s (%s; load %d in this context)", comp_id_name((comp_id)r), te->label, res->loads[r]);
+    if (strcmp(te->label, comp_id_name((comp_id)r)))
+        LOG_INFO("loaded %s (%s; load %d in this context)", comp_id_name((comp_id)r), te->label, res->loads[r]);
+    else
+        LOG_INFO("loaded %s (load %d in this context)", comp_id_name((comp_id)r), res->loads[r]);
     if (res->keep) {
         res->te[r] = *te;
         res->have_te[r] = 1;
