@@ -118,7 +118,185 @@ static void test_conv_upsample(void) {
         for (int bias = 0; bias < 2; bias++) conv_up_case(cases[c], dts[(c + bias) % 3], bias);
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* The lean forward against the straightforward one                                                */
+/* ---------------------------------------------------------------------------------------------- */
+
+/* A plain forward written the obvious way (a fresh buffer per op, the upsample materialised), with the
+ * same kernels: the lean forward must give the same bits. Buffers are leaked into a list freed at the end. */
+typedef struct plain { int N, G; float *keep[512]; int nkeep; } plain;
+
+/* A fresh buffer of n floats, freed by plain_free. */
+static float *pbuf(plain *p, size_t n) {
+    SD3_ASSERT(p->nkeep < 512);
+    return p->keep[p->nkeep++] = sd3_malloc(sizeof(float) * n);
+}
+/* Free every buffer pbuf handed out. */
+static void plain_free(plain *p) {
+    for (int i = 0; i < p->nkeep; i++) sd3_free(p->keep[i]);
+    p->nkeep = 0;
+}
+
+/* conv into a fresh buffer; C, H and W become the output dims. */
+static float *pconv(plain *p, const float *x, int *C, int *H, int *W, const tensor *w, const tensor *b, int cout, int k,
+                    int s, int pt, int pb, int pl, int pr) {
+    conv2d_params cp = {.N = p->N, .Cin = *C, .H = *H, .W = *W, .Cout = cout, .kh = k, .kw = k, .stride = s, .pad_t = pt,
+                        .pad_b = pb, .pad_l = pl, .pad_r = pr};
+    int Ho, Wo;
+    conv2d_out_size(&cp, &Ho, &Wo);
+    float *y = pbuf(p, (size_t)p->N * cout * Ho * Wo);
+    k_conv2d(y, x, w, b, &cp);
+    *C = cout, *H = Ho, *W = Wo;
+    return y;
+}
+
+/* SiLU(GroupNorm(x)) into a fresh buffer. */
+static float *pnorm(plain *p, const float *x, int C, int H, int W, const tensor *w, const tensor *b) {
+    size_t n = (size_t)p->N * C * H * W;
+    float *y = pbuf(p, n);
+    k_groupnorm(y, x, w, b, p->N, C, H * W, p->G, 1e-6f);
+    k_silu(y, y, n);
+    return y;
+}
+
+/* ResnetBlock2D, plainly. */
+static float *presnet(plain *p, const float *x, int *C, int H, int W, const vae_resnet *r) {
+    int c = *C, h = H, w = W;
+    float *t = pnorm(p, x, c, h, w, &r->norm1_w, &r->norm1_b);
+    t = pconv(p, t, &c, &h, &w, &r->conv1_w, &r->conv1_b, r->cout, 3, 1, 1, 1, 1, 1);
+    t = pnorm(p, t, c, h, w, &r->norm2_w, &r->norm2_b);
+    t = pconv(p, t, &c, &h, &w, &r->conv2_w, &r->conv2_b, r->cout, 3, 1, 1, 1, 1, 1);
+    const float *sc = x;
+    if (r->cin != r->cout) {
+        int c2 = *C, h2 = H, w2 = W;
+        sc = pconv(p, x, &c2, &h2, &w2, &r->short_w, &r->short_b, r->cout, 1, 1, 0, 0, 0, 0);
+    }
+    float *o = pbuf(p, (size_t)p->N * c * h * w);
+    k_add(o, sc, t, (size_t)p->N * c * h * w);
+    *C = c;
+    return o;
+}
+
+/* Mid-block attention, plainly (the same sequence of kernels as diffusers' Attention). */
+static float *pattn(plain *p, const float *x, int C, int H, int W, const vae_attn *a) {
+    int HW = H * W, M = p->N * HW;
+    size_t n = (size_t)p->N * C * HW;
+    float *g = pbuf(p, n), *tok = pbuf(p, n), *q = pbuf(p, n), *k = pbuf(p, n), *v = pbuf(p, n), *o = pbuf(p, n),
+          *pr = pbuf(p, n), *y = pbuf(p, n);
+    k_groupnorm(g, x, &a->norm_w, &a->norm_b, p->N, C, HW, p->G, 1e-6f);
+    for (int b = 0; b < p->N; b++)
+        for (int c = 0; c < C; c++)
+            for (int t = 0; t < HW; t++) tok[((size_t)b * HW + t) * C + c] = g[((size_t)b * C + c) * HW + t];
+    k_linear(q, tok, &a->q_w, &a->q_b, M, C, C);
+    k_linear(k, tok, &a->k_w, &a->k_b, M, C, C);
+    k_linear(v, tok, &a->v_w, &a->v_b, M, C, C);
+    attn_params ap = {.B = p->N, .H = 1, .Tq = HW, .Tk = HW, .D = C, .q_ld = C, .k_ld = C, .v_ld = C, .o_ld = C,
+                      .q_bstride = (int64_t)HW * C, .k_bstride = (int64_t)HW * C, .v_bstride = (int64_t)HW * C,
+                      .o_bstride = (int64_t)HW * C, .scale = (float)(1.0 / sqrt((double)C))};
+    k_attention(o, q, k, v, &ap);
+    k_linear(pr, o, &a->out_w, &a->out_b, M, C, C);
+    for (int b = 0; b < p->N; b++)
+        for (int c = 0; c < C; c++)
+            for (int t = 0; t < HW; t++) {
+                size_t i = ((size_t)b * C + c) * HW + t;
+                y[i] = pr[((size_t)b * HW + t) * C + c] + x[i];
+            }
+    return y;
+}
+
+/* The decoder, plainly: post_quant_conv?, conv_in, mid, up blocks (materialised 2x upsample), out. */
+static void plain_decode(const vae_model *m, const float *z, int N, int h, int w, float *img) {
+    const vae_config *c = &m->cfg;
+    const vae_decoder *d = &m->dec;
+    plain p = {.N = N, .G = c->norm_num_groups};
+    int C = c->latent_channels, H = h, W = w, n = c->n_levels;
+    const float *x = z;
+    if (c->use_post_quant_conv) x = pconv(&p, x, &C, &H, &W, &m->post_quant_conv_w, &m->post_quant_conv_b, C, 1, 1, 0, 0, 0, 0);
+    float *t = pconv(&p, x, &C, &H, &W, &d->conv_in_w, &d->conv_in_b, c->block_out_channels[n - 1], 3, 1, 1, 1, 1, 1);
+    t = presnet(&p, t, &C, H, W, &d->mid.res[0]);
+    if (d->mid.has_attn) t = pattn(&p, t, C, H, W, &d->mid.attn);
+    t = presnet(&p, t, &C, H, W, &d->mid.res[1]);
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < d->up[i].n_res; j++) t = presnet(&p, t, &C, H, W, &d->up[i].res[j]);
+        if (d->up[i].has_resample) {
+            float *u = pbuf(&p, (size_t)N * C * 4 * H * W);
+            k_upsample_nearest2x(u, t, N, C, H, W);
+            H *= 2, W *= 2;
+            t = pconv(&p, u, &C, &H, &W, &d->up[i].resample_w, &d->up[i].resample_b, C, 3, 1, 1, 1, 1, 1);
+        }
+    }
+    t = pnorm(&p, t, C, H, W, &d->norm_out_w, &d->norm_out_b);
+    float *o = pconv(&p, t, &C, &H, &W, &d->conv_out_w, &d->conv_out_b, c->out_channels, 3, 1, 1, 1, 1, 1);
+    memcpy(img, o, sizeof(float) * (size_t)N * C * H * W);
+    plain_free(&p);
+}
+
+/* The encoder, plainly. */
+static void plain_encode(const vae_model *m, const float *img, int N, int H, int W, float *mom) {
+    const vae_config *c = &m->cfg;
+    const vae_encoder *e = &m->enc;
+    plain p = {.N = N, .G = c->norm_num_groups};
+    int C = c->in_channels;
+    float *t = pconv(&p, img, &C, &H, &W, &e->conv_in_w, &e->conv_in_b, c->block_out_channels[0], 3, 1, 1, 1, 1, 1);
+    for (int i = 0; i < c->n_levels; i++) {
+        for (int j = 0; j < e->down[i].n_res; j++) t = presnet(&p, t, &C, H, W, &e->down[i].res[j]);
+        if (e->down[i].has_resample)
+            t = pconv(&p, t, &C, &H, &W, &e->down[i].resample_w, &e->down[i].resample_b, C, 3, 2, 0, 1, 0, 1);
+    }
+    t = presnet(&p, t, &C, H, W, &e->mid.res[0]);
+    if (e->mid.has_attn) t = pattn(&p, t, C, H, W, &e->mid.attn);
+    t = presnet(&p, t, &C, H, W, &e->mid.res[1]);
+    t = pnorm(&p, t, C, H, W, &e->norm_out_w, &e->norm_out_b);
+    t = pconv(&p, t, &C, &H, &W, &e->conv_out_w, &e->conv_out_b, 2 * c->latent_channels, 3, 1, 1, 1, 1, 1);
+    if (c->use_quant_conv) t = pconv(&p, t, &C, &H, &W, &m->quant_conv_w, &m->quant_conv_b, C, 1, 1, 0, 0, 0, 0);
+    memcpy(mom, t, sizeof(float) * (size_t)N * C * H * W);
+    plain_free(&p);
+}
+
+/* Decode and encode of the tiny VAE: the lean forward equals the plain one bit for bit, for automatic
+ * bands and bands of 1, 2 and 3 rows (every band edge case: first, middle, last, a short last band),
+ * batch 1 and 2 (the in-place conv's items shift down when the channels shrink), F32 and bf16 products. */
+static void test_forward(const char *vae_dir) {
+    vae_model m;
+    sd3_err err = {0};
+    if (vae_open_dir(&m, vae_dir, &err) != SD3_OK) {
+        printf("note: no tiny VAE at %s (%s): forward checks skipped\n", vae_dir, err.msg);
+        return;
+    }
+    const int h = 7, w = 5;   /* 56 x 40 pixels: odd latent sides, short last bands */
+    int f = vae_downscale(&m.cfg), L = m.cfg.latent_channels;
+    for (int N = 1; N <= 2; N++)
+        for (int bf = 0; bf < 2; bf++) {
+            int old_prec = k_set_precision(bf);
+            size_t nz = (size_t)N * L * h * w, ni = (size_t)N * 3 * h * f * w * f, nm = 2 * nz;
+            float *z = frand(nz), *img = frand(ni), *ref = sd3_malloc(sizeof(float) * ni), *out = sd3_malloc(sizeof(float) * ni);
+            float *mref = sd3_malloc(sizeof(float) * nm), *mout = sd3_malloc(sizeof(float) * nm);
+            plain_decode(&m, z, N, h, w, ref);
+            plain_encode(&m, img, N, h * f, w * f, mref);
+            static const int bands[] = {0, 1, 2, 3};
+            for (int bi = 0; bi < 4; bi++) {
+                m.conv_band_rows = bands[bi];
+                memset(out, 0, sizeof(float) * ni);
+                CHECK(vae_decode(&m, z, N, L, h, w, out, NULL, &err) == SD3_OK, "decode: %s", err.msg);
+                CHECK(!memcmp(out, ref, sizeof(float) * ni), "decode N=%d bf16=%d band %d rows: differs from the plain "
+                      "forward", N, bf, bands[bi]);
+                memset(mout, 0, sizeof(float) * nm);
+                CHECK(vae_encode(&m, img, N, 3, h * f, w * f, mout, NULL, &err) == SD3_OK, "encode: %s", err.msg);
+                CHECK(!memcmp(mout, mref, sizeof(float) * nm), "encode N=%d bf16=%d band %d rows: differs from the plain "
+                      "forward", N, bf, bands[bi]);
+            }
+            m.conv_band_rows = 0;
+            k_set_precision(old_prec);
+            sd3_free(z); sd3_free(img); sd3_free(ref); sd3_free(out); sd3_free(mref); sd3_free(mout);
+        }
+    vae_free(&m);
+}
+
 int main(void) {
     test_conv_upsample();
+    const char *root = getenv("SD3_GOLDEN") ? getenv("SD3_GOLDEN") : "../shared/golden";
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tiny-sd3/vae", root);
+    test_forward(dir);
     TEST_MAIN_END("test_vae_mem");
 }

@@ -2,9 +2,13 @@
  * vae.c — VAE encoder and decoder forward (diffusers AutoencoderKL semantics, see vae.h), the tiled
  * variants (diffusers' tiled_decode / _tiled_encode), and the latent / image glue.
  *
- * Every forward runs twice through the same code: a dry run (r->dry) that only records the largest
- * activation and attention sizes, then the real run on one allocation carved into three ping-pong
- * activation buffers and four attention buffers. So the sizing can never disagree with the use.
+ * Memory: every activation is its own allocation, freed as soon as its last reader is done, and the
+ * big steps reuse their input's memory, so a decode holds little more than its largest stage's input
+ * and output: GroupNorm + SiLU run in place, a resnet's 1x1 shortcut is computed before its input is
+ * normalised in place, the 3x3 convs whose output fits in their input's buffer write over it in bands
+ * (conv3_inplace), and Upsample2D's conv reads the small tensor through conv2d_params.up instead of a
+ * materialised 4x copy. All of it is bit-identical to the straightforward order: every output value is
+ * the same dot product with the same operands.
  */
 #include <math.h>
 #include <string.h>
@@ -12,115 +16,230 @@
 #include "vae/vae.h"
 
 #define VAE_EPS 1e-6f   /* every GroupNorm of the VAE (resnet_eps, attention group_norm, conv_norm_out) */
+/* Input floats per band of an in-place conv (~16 MB): large enough for efficient GEMM tiles, small next
+ * to the activations it saves (a 256-channel 1024^2 activation is 1 GB). */
+#define VAE_BAND_FLOATS ((size_t)4 << 20)
 
-/* One forward's state: the buffers (NULL in the dry run) and the sizes the dry run records. */
+/* One forward's state. After a failed allocation every op only frees what it consumes. */
 typedef struct vae_run {
-    int dry;
     int N, G;                    /* batch, GroupNorm groups */
-    size_t act_max, attn_max;    /* floats */
-    float *buf[3];               /* act_max floats each */
-    float *tok, *q, *k, *v;      /* attn_max floats each */
+    int band_rows;               /* rows per band of the in-place convs (0: from VAE_BAND_FLOATS) */
+    int failed;                  /* an allocation failed (the forward returns SD3_ERR_NOMEM) */
+    size_t live, peak;           /* activation floats allocated now / at most */
     const vae_tap *tap;
 } vae_run;
 
-/* An activation: which buffer holds it and its NCHW dims (N is the run's). */
+/* An activation (NCHW, N is the run's): its data, dims, and the floats its buffer holds when this
+ * forward owns it (a caller's input or output is not owned and never freed or written over). */
 typedef struct act {
     float *x;
     int C, H, W;
+    size_t cap;
+    int owned;
 } act;
 
-/* Record that an activation of C x H x W per batch item exists. */
-static void need(vae_run *r, int C, int H, int W) {
-    size_t n = (size_t)r->N * (size_t)C * (size_t)H * (size_t)W;
-    if (n > r->act_max) r->act_max = n;
+/* N * C * H * W of an activation shape. */
+static size_t numel(const vae_run *r, int C, int H, int W) {
+    return (size_t)r->N * (size_t)C * (size_t)H * (size_t)W;
 }
 
-/* A buffer that is neither a nor b (by identity; both may be NULL in the dry run). */
-static float *other(vae_run *r, const float *a, const float *b) {
-    if (r->dry) return NULL;
-    for (int i = 0; i < 3; i++)
-        if (r->buf[i] != a && r->buf[i] != b) return r->buf[i];
-    SD3_ASSERT(!"vae: no free buffer");
-    return NULL;
+/* n floats of scratch counted in the run's live total; NULL (and r->failed) when out of memory. */
+static float *run_alloc(vae_run *r, size_t n) {
+    if (r->failed) return NULL;
+    float *p = n <= SIZE_MAX / sizeof(float) ? sd3_malloc(n * sizeof(float)) : NULL;
+    if (!p) {
+        r->failed = 1;
+        return NULL;
+    }
+    r->live += n;
+    if (r->live > r->peak) r->peak = r->live;
+    return p;
 }
 
-/* Hand a finished stage output to the caller's observer (real run only). */
+/* Free scratch from run_alloc (p may be NULL). */
+static void run_release(vae_run *r, float *p, size_t n) {
+    if (!p) return;
+    sd3_free(p);
+    r->live -= n;
+}
+
+/* A fresh owned activation of C x H x W per batch item (x NULL after a failure). */
+static act act_new(vae_run *r, int C, int H, int W) {
+    size_t n = numel(r, C, H, W);
+    act a = {run_alloc(r, n), C, H, W, n, 1};
+    if (!a.x) a.owned = 0;
+    return a;
+}
+
+/* Free an owned activation; a borrowed one is only forgotten. */
+static void drop(vae_run *r, act *a) {
+    if (a->owned) run_release(r, a->x, a->cap);
+    a->x = NULL;
+    a->owned = 0;
+}
+
+/* Make a writable copy of a borrowed activation (the caller's input), so ops may work in place. */
+static void own(vae_run *r, act *a) {
+    if (a->owned || r->failed) return;
+    act b = act_new(r, a->C, a->H, a->W);
+    if (b.x) memcpy(b.x, a->x, numel(r, a->C, a->H, a->W) * sizeof(float));
+    *a = b;
+}
+
+/* Hand a finished stage output to the caller's observer. */
 static void tap(vae_run *r, const char *name, act a) {
-    if (!r->dry && r->tap && r->tap->fn) r->tap->fn(r->tap->user, name, a.x, r->N, a.C, a.H, a.W);
+    if (!r->failed && r->tap && r->tap->fn) r->tap->fn(r->tap->user, name, a.x, r->N, a.C, a.H, a.W);
 }
 
-/* ---- ops: each records sizes in the dry run and computes in the real one ---------------------- */
+/* ---- ops ---------------------------------------------------------------------------------------- */
 
-/* y = conv(x) with a k x k kernel, stride s and padding (t, b, l, r). */
-static act conv(vae_run *r, float *y, act x, const tensor *w, const tensor *b, int cout, int k, int s, int pt, int pb,
-                int pl, int pr) {
-    conv2d_params p = {r->N, x.C, x.H, x.W, cout, k, k, s, pt, pb, pl, pr, 1};
-    act o = {y, cout, 0, 0};
-    conv2d_out_size(&p, &o.H, &o.W);
-    need(r, x.C, x.H, x.W);
-    need(r, cout, o.H, o.W);
-    if (!r->dry) k_conv2d(y, x.x, w, b, &p);
+/* conv(x) with a k x k kernel, stride s, padding (t, b, l, r) and input upsampling factor up, into dst
+ * (the caller's output) or, when dst is NULL, a fresh activation. x is kept. */
+static act conv_to(vae_run *r, float *dst, act x, const tensor *w, const tensor *b, int cout, int k, int s, int pt,
+                   int pb, int pl, int pr, int up) {
+    conv2d_params p = {r->N, x.C, x.H, x.W, cout, k, k, s, pt, pb, pl, pr, up};
+    int Ho, Wo;
+    conv2d_out_size(&p, &Ho, &Wo);
+    act o = {dst, cout, Ho, Wo, 0, 0};
+    if (!dst) o = act_new(r, cout, Ho, Wo);
+    if (!r->failed && x.x) k_conv2d(o.x, x.x, w, b, &p);
     return o;
 }
 
-/* y = SiLU(GroupNorm(x)) (y may be x). */
-static act norm_silu(vae_run *r, float *y, act x, const tensor *w, const tensor *b) {
-    act o = {y, x.C, x.H, x.W};
-    need(r, x.C, x.H, x.W);
-    if (!r->dry) {
-        k_groupnorm(y, x.x, w, b, r->N, x.C, x.H * x.W, r->G, VAE_EPS);
-        k_silu(y, y, (size_t)r->N * x.C * x.H * x.W);
+/* *x = conv3x3(x) (stride 1, padding 1) into x's own buffer when the output fits there (cout <= the
+ * channels it was allocated for), else into a fresh one (x freed). In place, the output is computed in
+ * bands of R rows from a copy of the band's input rows plus a halo row above and below, then stored
+ * over the input; the next band's upper halo (input row r1 - 1, overwritten by this band for the
+ * channels the output occupies) is kept in `halo` first. Every output pixel is the same dot product as
+ * in one whole conv (same taps, same zero padding), so the bits are the same; the extra memory is two
+ * band buffers instead of a second full activation. */
+static void conv3_inplace(vae_run *r, act *x, const tensor *w, const tensor *b, int cout) {
+    int H = x->H, W = x->W, Cin = x->C;
+    size_t HW = (size_t)H * W;
+    if (!x->owned || numel(r, cout, H, W) > x->cap) {
+        act y = conv_to(r, NULL, *x, w, b, cout, 3, 1, 1, 1, 1, 1, 1);
+        drop(r, x);
+        *x = y;
+        return;
     }
-    return o;
+    int R = r->band_rows;
+    if (R <= 0) {
+        size_t rows = VAE_BAND_FLOATS / ((size_t)Cin * W);
+        R = rows > (size_t)H ? H : (int)rows;
+    }
+    if (R < 1) R = 1;
+    if (R > H) R = H;
+    size_t tin_n = (size_t)Cin * (R + 2) * W, tout_n = (size_t)cout * R * W, halo_n = (size_t)Cin * W;
+    float *tin = run_alloc(r, tin_n), *tout = run_alloc(r, tout_n), *halo = run_alloc(r, halo_n);
+    if (!r->failed) {
+        for (int n = 0; n < r->N; n++) {
+            /* item n's output starts at or below its input: items before n are consumed, and item n's
+             * bands only overwrite input rows above the current band (its top halo is in `halo`) */
+            const float *xi = x->x + (size_t)n * Cin * HW;
+            float *yo = x->x + (size_t)n * cout * HW;
+            for (int r0 = 0; r0 < H; r0 += R) {
+                int r1 = r0 + R < H ? r0 + R : H;
+                int a = r0 > 0 ? r0 - 1 : 0, last = r1 < H ? r1 : H - 1, hb = last - a + 1;   /* input rows a..last */
+                for (int c = 0; c < Cin; c++) {
+                    float *d = tin + (size_t)c * hb * W;
+                    const float *src = xi + (size_t)c * HW + (size_t)r0 * W;
+                    if (r0 > 0) {
+                        memcpy(d, halo + (size_t)c * W, (size_t)W * sizeof(float));
+                        d += W;
+                    }
+                    memcpy(d, src, (size_t)(last - r0 + 1) * W * sizeof(float));
+                }
+                if (r1 < H)   /* input row r1 - 1: the next band's upper halo */
+                    for (int c = 0; c < Cin; c++)
+                        memcpy(halo + (size_t)c * W, tin + ((size_t)c * hb + (r1 - 1 - a)) * W, (size_t)W * sizeof(float));
+                conv2d_params p = {1, Cin, hb, W, cout, 3, 3, 1, r0 == 0, r1 == H, 1, 1, 1};
+                k_conv2d(tout, tin, w, b, &p);
+                for (int c = 0; c < cout; c++)
+                    memcpy(yo + (size_t)c * HW + (size_t)r0 * W, tout + (size_t)c * (r1 - r0) * W,
+                           (size_t)(r1 - r0) * W * sizeof(float));
+            }
+        }
+        x->C = cout;
+    }
+    run_release(r, tin, tin_n);
+    run_release(r, tout, tout_n);
+    run_release(r, halo, halo_n);
 }
 
-/* ResnetBlock2D (temb none, output scale 1): out = shortcut(x) + conv2(SiLU(GN2(conv1(SiLU(GN1(x)))))). */
+/* x = SiLU(GroupNorm(x)) in place (a borrowed x is copied first). */
+static void norm_silu_inplace(vae_run *r, act *x, const tensor *w, const tensor *b) {
+    own(r, x);
+    if (r->failed) return;
+    k_groupnorm(x->x, x->x, w, b, r->N, x->C, x->H * x->W, r->G, VAE_EPS);
+    k_silu(x->x, x->x, numel(r, x->C, x->H, x->W));
+}
+
+/* SiLU(GroupNorm(x)) into a fresh activation; x is kept. */
+static act norm_silu_new(vae_run *r, act x, const tensor *w, const tensor *b) {
+    act y = act_new(r, x.C, x.H, x.W);
+    if (r->failed) return y;
+    k_groupnorm(y.x, x.x, w, b, r->N, x.C, x.H * x.W, r->G, VAE_EPS);
+    k_silu(y.x, y.x, numel(r, x.C, x.H, x.W));
+    return y;
+}
+
+/* ResnetBlock2D (temb none, output scale 1): out = shortcut(x) + conv2(SiLU(GN2(conv1(SiLU(GN1(x)))))).
+ * Consumes x. With a 1x1 shortcut it is computed first, so x's buffer can take GN1 in place and then
+ * conv1's output; with the identity shortcut x stays as the residual and h gets its own buffer. */
 static act resnet(vae_run *r, act x, const vae_resnet *p) {
-    float *A = other(r, x.x, NULL), *B = other(r, x.x, A);
-    act h = norm_silu(r, A, x, &p->norm1_w, &p->norm1_b);
-    h = conv(r, B, h, &p->conv1_w, &p->conv1_b, p->cout, 3, 1, 1, 1, 1, 1);
-    h = norm_silu(r, B, h, &p->norm2_w, &p->norm2_b);
-    h = conv(r, A, h, &p->conv2_w, &p->conv2_b, p->cout, 3, 1, 1, 1, 1, 1);
-    size_t n = (size_t)r->N * h.C * h.H * h.W;
+    act sc, h;
     if (p->cin != p->cout) {
-        act sc = conv(r, B, x, &p->short_w, &p->short_b, p->cout, 1, 1, 0, 0, 0, 0);
-        if (!r->dry) k_add(A, sc.x, A, n);
-    } else if (!r->dry) {
-        k_add(A, x.x, A, n);
+        sc = conv_to(r, NULL, x, &p->short_w, &p->short_b, p->cout, 1, 1, 0, 0, 0, 0, 1);
+        h = x;
+        norm_silu_inplace(r, &h, &p->norm1_w, &p->norm1_b);
+    } else {
+        sc = x;
+        h = norm_silu_new(r, x, &p->norm1_w, &p->norm1_b);
     }
+    conv3_inplace(r, &h, &p->conv1_w, &p->conv1_b, p->cout);
+    norm_silu_inplace(r, &h, &p->norm2_w, &p->norm2_b);
+    conv3_inplace(r, &h, &p->conv2_w, &p->conv2_b, p->cout);
+    if (!r->failed) k_add(h.x, sc.x, h.x, numel(r, h.C, h.H, h.W));
+    drop(r, &sc);
     return h;
 }
 
-/* Mid-block attention, in place on x: x += to_out(attention(to_q/k/v(GN(x)))) over H*W tokens, 1 head. */
+/* Mid-block attention, in place on x: x += to_out(attention(to_q/k/v(GN(x)))) over H*W tokens, 1 head.
+ * The attention kernel never forms the HW x HW matrix; the scratch is five C x HW buffers. */
 static act attention(vae_run *r, act x, const vae_attn *p) {
     int C = x.C, HW = x.H * x.W, M = r->N * HW;
-    size_t n = (size_t)r->N * C * HW;
-    need(r, C, x.H, x.W);
-    if (n > r->attn_max) r->attn_max = n;
-    if (r->dry) return x;
-    float *A = other(r, x.x, NULL);
-    k_groupnorm(A, x.x, &p->norm_w, &p->norm_b, r->N, C, HW, r->G, VAE_EPS);
-    for (int b = 0; b < r->N; b++)       /* NCHW -> tokens (N, HW, C) */
-        for (int c = 0; c < C; c++)
-            for (int t = 0; t < HW; t++) r->tok[((size_t)b * HW + t) * C + c] = A[((size_t)b * C + c) * HW + t];
-    k_linear(r->q, r->tok, &p->q_w, &p->q_b, M, C, C);
-    k_linear(r->k, r->tok, &p->k_w, &p->k_b, M, C, C);
-    k_linear(r->v, r->tok, &p->v_w, &p->v_b, M, C, C);
-    attn_params ap = {.B = r->N, .H = 1, .Tq = HW, .Tk = HW, .D = C, .q_ld = C, .k_ld = C, .v_ld = C, .o_ld = C,
-                      .q_bstride = (int64_t)HW * C, .k_bstride = (int64_t)HW * C, .v_bstride = (int64_t)HW * C,
-                      .o_bstride = (int64_t)HW * C, .scale = (float)(1.0 / sqrt((double)C)), .causal = 0, .bias = NULL};
-    k_attention(r->tok, r->q, r->k, r->v, &ap);
-    k_linear(A, r->tok, &p->out_w, &p->out_b, M, C, C);
-    for (int b = 0; b < r->N; b++)       /* tokens -> NCHW, plus the residual */
-        for (int c = 0; c < C; c++)
-            for (int t = 0; t < HW; t++) {
-                float *d = &x.x[((size_t)b * C + c) * HW + t];
-                *d = A[((size_t)b * HW + t) * C + c] + *d;
-            }
+    size_t n = numel(r, C, x.H, x.W);
+    own(r, &x);
+    float *A = run_alloc(r, n), *tok = run_alloc(r, n), *q = run_alloc(r, n), *k = run_alloc(r, n), *v = run_alloc(r, n);
+    if (!r->failed) {
+        k_groupnorm(A, x.x, &p->norm_w, &p->norm_b, r->N, C, HW, r->G, VAE_EPS);
+        for (int b = 0; b < r->N; b++)       /* NCHW -> tokens (N, HW, C) */
+            for (int c = 0; c < C; c++)
+                for (int t = 0; t < HW; t++) tok[((size_t)b * HW + t) * C + c] = A[((size_t)b * C + c) * HW + t];
+        k_linear(q, tok, &p->q_w, &p->q_b, M, C, C);
+        k_linear(k, tok, &p->k_w, &p->k_b, M, C, C);
+        k_linear(v, tok, &p->v_w, &p->v_b, M, C, C);
+        attn_params ap = {.B = r->N, .H = 1, .Tq = HW, .Tk = HW, .D = C, .q_ld = C, .k_ld = C, .v_ld = C, .o_ld = C,
+                          .q_bstride = (int64_t)HW * C, .k_bstride = (int64_t)HW * C, .v_bstride = (int64_t)HW * C,
+                          .o_bstride = (int64_t)HW * C, .scale = (float)(1.0 / sqrt((double)C)), .causal = 0, .bias = NULL};
+        k_attention(tok, q, k, v, &ap);
+        k_linear(A, tok, &p->out_w, &p->out_b, M, C, C);
+        for (int b = 0; b < r->N; b++)       /* tokens -> NCHW, plus the residual */
+            for (int c = 0; c < C; c++)
+                for (int t = 0; t < HW; t++) {
+                    float *d = &x.x[((size_t)b * C + c) * HW + t];
+                    *d = A[((size_t)b * HW + t) * C + c] + *d;
+                }
+    }
+    run_release(r, A, n);
+    run_release(r, tok, n);
+    run_release(r, q, n);
+    run_release(r, k, n);
+    run_release(r, v, n);
     return x;
 }
 
-/* UNetMidBlock2D: resnet, [attention], resnet. */
+/* UNetMidBlock2D: resnet, [attention], resnet. Consumes x. */
 static act mid_block(vae_run *r, act x, const vae_mid *m) {
     x = resnet(r, x, &m->res[0]);
     if (m->has_attn) x = attention(r, x, &m->attn);
@@ -133,30 +252,35 @@ static act mid_block(vae_run *r, act x, const vae_mid *m) {
 static void encoder_run(vae_run *r, const vae_model *m, const float *in, int H, int W, float *out) {
     const vae_config *c = &m->cfg;
     const vae_encoder *e = &m->enc;
-    act x = {(float *)in, c->in_channels, H, W};
-    need(r, x.C, H, W);
-    x = conv(r, r->dry ? NULL : r->buf[0], x, &e->conv_in_w, &e->conv_in_b, c->block_out_channels[0], 3, 1, 1, 1, 1, 1);
+    act x = {(float *)in, c->in_channels, H, W, 0, 0};
+    x = conv_to(r, NULL, x, &e->conv_in_w, &e->conv_in_b, c->block_out_channels[0], 3, 1, 1, 1, 1, 1, 1);
     tap(r, "encoder_conv_in", x);
     char name[64];
     for (int i = 0; i < c->n_levels; i++) {
         const vae_level *L = &e->down[i];
         for (int j = 0; j < L->n_res; j++) x = resnet(r, x, &L->res[j]);
-        if (L->has_resample)   /* Downsample2D: F.pad (0, 1, 0, 1), conv 3x3 stride 2 padding 0 */
-            x = conv(r, other(r, x.x, NULL), x, &L->resample_w, &L->resample_b, x.C, 3, 2, 0, 1, 0, 1);
+        if (L->has_resample) {   /* Downsample2D: F.pad (0, 1, 0, 1), conv 3x3 stride 2 padding 0 */
+            act y = conv_to(r, NULL, x, &L->resample_w, &L->resample_b, x.C, 3, 2, 0, 1, 0, 1, 1);
+            drop(r, &x);
+            x = y;
+        }
         snprintf(name, sizeof name, "encoder_down_block%d", i);
         tap(r, name, x);
     }
     x = mid_block(r, x, &e->mid);
     tap(r, "encoder_mid_block", x);
-    x = norm_silu(r, other(r, x.x, NULL), x, &e->norm_out_w, &e->norm_out_b);
+    norm_silu_inplace(r, &x, &e->norm_out_w, &e->norm_out_b);
     int L2 = 2 * c->latent_channels;
+    act o;
     if (c->use_quant_conv) {
-        x = conv(r, other(r, x.x, NULL), x, &e->conv_out_w, &e->conv_out_b, L2, 3, 1, 1, 1, 1, 1);
-        x = conv(r, out, x, &m->quant_conv_w, &m->quant_conv_b, L2, 1, 1, 0, 0, 0, 0);
+        act y = conv_to(r, NULL, x, &e->conv_out_w, &e->conv_out_b, L2, 3, 1, 1, 1, 1, 1, 1);
+        o = conv_to(r, out, y, &m->quant_conv_w, &m->quant_conv_b, L2, 1, 1, 0, 0, 0, 0, 1);
+        drop(r, &y);
     } else {
-        x = conv(r, out, x, &e->conv_out_w, &e->conv_out_b, L2, 3, 1, 1, 1, 1, 1);
+        o = conv_to(r, out, x, &e->conv_out_w, &e->conv_out_b, L2, 3, 1, 1, 1, 1, 1, 1);
     }
-    tap(r, "encoder_moments", x);
+    drop(r, &x);
+    tap(r, "encoder_moments", o);
 }
 
 /* z (N, L, h, w) -> image (N, out, h*f, w*f) written to out. */
@@ -164,11 +288,12 @@ static void decoder_run(vae_run *r, const vae_model *m, const float *z, int h, i
     const vae_config *c = &m->cfg;
     const vae_decoder *d = &m->dec;
     int n = c->n_levels;
-    act x = {(float *)z, c->latent_channels, h, w};
-    need(r, x.C, h, w);
+    act x = {(float *)z, c->latent_channels, h, w, 0, 0};
     if (c->use_post_quant_conv)
-        x = conv(r, r->dry ? NULL : r->buf[1], x, &m->post_quant_conv_w, &m->post_quant_conv_b, x.C, 1, 1, 0, 0, 0, 0);
-    x = conv(r, other(r, x.x, NULL), x, &d->conv_in_w, &d->conv_in_b, c->block_out_channels[n - 1], 3, 1, 1, 1, 1, 1);
+        x = conv_to(r, NULL, x, &m->post_quant_conv_w, &m->post_quant_conv_b, x.C, 1, 1, 0, 0, 0, 0, 1);
+    act y = conv_to(r, NULL, x, &d->conv_in_w, &d->conv_in_b, c->block_out_channels[n - 1], 3, 1, 1, 1, 1, 1, 1);
+    drop(r, &x);
+    x = y;
     tap(r, "decoder_conv_in", x);
     x = mid_block(r, x, &d->mid);
     tap(r, "decoder_mid_block", x);
@@ -176,37 +301,24 @@ static void decoder_run(vae_run *r, const vae_model *m, const float *z, int h, i
     for (int i = 0; i < n; i++) {
         const vae_level *L = &d->up[i];
         for (int j = 0; j < L->n_res; j++) x = resnet(r, x, &L->res[j]);
-        if (L->has_resample) {   /* Upsample2D: nearest 2x, then conv 3x3 padding 1 */
-            float *U = other(r, x.x, NULL);
-            need(r, x.C, 2 * x.H, 2 * x.W);
-            if (!r->dry) k_upsample_nearest2x(U, x.x, r->N, x.C, x.H, x.W);
-            act u = {U, x.C, 2 * x.H, 2 * x.W};
-            x = conv(r, other(r, U, NULL), u, &L->resample_w, &L->resample_b, x.C, 3, 1, 1, 1, 1, 1);
+        if (L->has_resample) {   /* Upsample2D: nearest 2x, then conv 3x3 padding 1 (fused: up = 2) */
+            y = conv_to(r, NULL, x, &L->resample_w, &L->resample_b, x.C, 3, 1, 1, 1, 1, 1, 2);
+            drop(r, &x);
+            x = y;
         }
         snprintf(name, sizeof name, "decoder_up_block%d", i);
         tap(r, name, x);
     }
-    x = norm_silu(r, other(r, x.x, NULL), x, &d->norm_out_w, &d->norm_out_b);
-    conv(r, out, x, &d->conv_out_w, &d->conv_out_b, c->out_channels, 3, 1, 1, 1, 1, 1);
+    norm_silu_inplace(r, &x, &d->norm_out_w, &d->norm_out_b);
+    conv_to(r, out, x, &d->conv_out_w, &d->conv_out_b, c->out_channels, 3, 1, 1, 1, 1, 1, 1);
+    drop(r, &x);
 }
 
-/* Allocate the run's buffers from the sizes its dry run recorded (one block, carved). */
-static sd3_status run_alloc(vae_run *r, float **block, sd3_err *err) {
-    size_t total = 3 * r->act_max + 4 * r->attn_max;
-    if (r->act_max > SIZE_MAX / 16 || r->attn_max > SIZE_MAX / 32 || total > SIZE_MAX / sizeof(float))
-        return sd3_errf(err, SD3_ERR_NOMEM, "vae: activation size overflows");
-    *block = sd3_malloc(total * sizeof(float));
-    if (!*block)
-        return sd3_errf(err, SD3_ERR_NOMEM, "vae: cannot allocate %.1f MiB of activations",
-                        (double)total * sizeof(float) / 1048576.0);
-    float *p = *block;
-    for (int i = 0; i < 3; i++, p += r->act_max) r->buf[i] = p;
-    r->tok = p; p += r->attn_max;
-    r->q = p; p += r->attn_max;
-    r->k = p; p += r->attn_max;
-    r->v = p;
-    r->dry = 0;
-    return SD3_OK;
+/* The run's outcome: SD3_OK, or SD3_ERR_NOMEM when an activation could not be allocated. */
+static sd3_status run_status(const vae_run *r, const char *what, sd3_err *err) {
+    if (!r->failed) return SD3_OK;
+    return sd3_errf(err, SD3_ERR_NOMEM, "vae %s: out of memory for the activations (%.1f MiB were allocated)", what,
+                    (double)r->live * sizeof(float) / 1048576.0);
 }
 
 /* ---- argument checks ---------------------------------------------------------------------------- */
@@ -259,26 +371,18 @@ sd3_status vae_decode(const vae_model *m, const float *z, int N, int C, int h, i
                       sd3_err *err) {
     sd3_status s = check_decode_args(m, N, C, h, w, err);
     if (s) return s;
-    vae_run r = {.dry = 1, .N = N, .G = m->cfg.norm_num_groups, .tap = tp};
-    decoder_run(&r, m, z, h, w, NULL);
-    float *block = NULL;
-    if ((s = run_alloc(&r, &block, err))) return s;
+    vae_run r = {.N = N, .G = m->cfg.norm_num_groups, .band_rows = m->conv_band_rows, .tap = tp};
     decoder_run(&r, m, z, h, w, img);
-    sd3_free(block);
-    return SD3_OK;
+    return run_status(&r, "decode", err);
 }
 
 sd3_status vae_encode(const vae_model *m, const float *x, int N, int C, int H, int W, float *moments, const vae_tap *tp,
                       sd3_err *err) {
     sd3_status s = check_encode_args(m, N, C, H, W, err);
     if (s) return s;
-    vae_run r = {.dry = 1, .N = N, .G = m->cfg.norm_num_groups, .tap = tp};
-    encoder_run(&r, m, x, H, W, NULL);
-    float *block = NULL;
-    if ((s = run_alloc(&r, &block, err))) return s;
+    vae_run r = {.N = N, .G = m->cfg.norm_num_groups, .band_rows = m->conv_band_rows, .tap = tp};
     encoder_run(&r, m, x, H, W, moments);
-    sd3_free(block);
-    return SD3_OK;
+    return run_status(&r, "encode", err);
 }
 
 /* ================================================================================================ */
@@ -366,16 +470,10 @@ static sd3_status tiled_run(const vae_model *m, int dec, const float *in, int N,
             int oh = dec ? th * f : th / f, ow = dec ? tw * f : tw / f;
             off[i * t.nj + j + 1] = off[i * t.nj + j] + (size_t)N * cout * oh * ow;
         }
-    /* one workspace for the largest tile, sized by a dry run */
-    vae_run r = {.dry = 1, .N = N, .G = c->norm_num_groups, .tap = NULL};
-    if (dec) decoder_run(&r, m, NULL, tH0, tW0, NULL);
-    else encoder_run(&r, m, NULL, tH0, tW0, NULL);
-    size_t act_max = r.act_max, attn_max = r.attn_max;
     size_t tile_in = (size_t)N * cin * tH0 * tW0;
-    float *tiles = sd3_malloc((off[ntiles] + tile_in) * sizeof(float)), *block = NULL;
+    float *tiles = sd3_malloc((off[ntiles] + tile_in) * sizeof(float));
     if (!tiles) { sd3_free(off); return sd3_errf(err, SD3_ERR_NOMEM, "vae: cannot allocate the tiles"); }
     float *tin_buf = tiles + off[ntiles];
-    if ((s = run_alloc(&r, &block, err))) { sd3_free(tiles); sd3_free(off); return s; }
 
     for (int i = 0; i < t.ni; i++)
         for (int j = 0; j < t.nj; j++) {
@@ -385,11 +483,15 @@ static sd3_status tiled_run(const vae_model *m, int dec, const float *in, int N,
                 for (int y = 0; y < th; y++)
                     memcpy(tin_buf + ((size_t)nc * th + y) * tw, in + ((size_t)nc * inH + y0 + y) * inW + x0,
                            (size_t)tw * sizeof(float));
-            r.act_max = act_max;
-            r.attn_max = attn_max;
+            vae_run r = {.N = N, .G = c->norm_num_groups, .band_rows = m->conv_band_rows, .tap = NULL};
             float *o = tiles + off[i * t.nj + j];
             if (dec) decoder_run(&r, m, tin_buf, th, tw, o);
             else encoder_run(&r, m, tin_buf, th, tw, o);
+            if ((s = run_status(&r, dec ? "tiled decode" : "tiled encode", err))) {
+                sd3_free(tiles);
+                sd3_free(off);
+                return s;
+            }
         }
 
     /* blend in raster order, in place, as diffusers does (a neighbour is final when it is read) */
@@ -422,7 +524,6 @@ static sd3_status tiled_run(const vae_model *m, int dec, const float *in, int N,
         oy += kh;
     }
     SD3_ASSERT(oy == outH);
-    sd3_free(block);
     sd3_free(tiles);
     sd3_free(off);
     return SD3_OK;

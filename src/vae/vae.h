@@ -24,9 +24,11 @@
  *   Mid attention: residual + to_out(softmax(q k^T / sqrt(C)) v) with q, k, v = to_q/k/v(GN(x)) over the
  *            H*W tokens of C channels (1 head, rescale factor 1).
  *
- * Memory: each forward sizes its activations with a dry run of the same code, allocates one block
- * (three ping-pong buffers of the largest activation plus the attention scratch) and frees it on every
- * path. Weights stay views into the memory-mapped file, in their stored dtype.
+ * Memory: each activation is its own allocation, freed once its last reader is done; GroupNorm + SiLU
+ * run in place, 3x3 convs whose output fits write over their input in row bands, and the decoder's
+ * upsampling is folded into the following conv (nothing 4x is materialised). A decode therefore holds
+ * about its largest stage's input plus output (SD3 at 1024^2: ~1.5 GB, see vae.c). Results are
+ * bit-identical to the straightforward order. Weights stay views into the memory-mapped file.
  * Thread safety: a loaded vae_model is read-only during forward calls.
  */
 #ifndef SD3_VAE_H
@@ -136,6 +138,9 @@ typedef struct vae_model {
      * a caller may change them before calling the tiled functions. */
     int tile_sample_min_size, tile_latent_min_size;
     double tile_overlap_factor;
+    /* Output rows per band of the forward's in-place 3x3 convs; 0 (the default) sizes bands to ~16 MB of
+     * input. Any value gives the same bits (tests set small ones to exercise the band edges). */
+    int conv_band_rows;
     /* Files this model owns (vae_open_*); the tensors above are views into them. */
     weights files;
     int owns_files;
