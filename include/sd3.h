@@ -89,7 +89,9 @@ typedef struct sd3_model_params {
                               is read ahead while block i runs, and block i's pages leave the resident set
                               once it is done (the file stays mapped), so only a block or two of its weights
                               are resident at a time. Same images. Helps where weights are used in place from
-                              the file (bf16/fp16/fp32 as stored); int8/int4 copies are owned memory */
+                              the file (fp32/fp16/bf16/fp8 as stored, in any precision mode, and int8/int4
+                              files written by `sd3 quantize`); mmdit_quant on a float model makes owned
+                              copies, which stay resident */
 } sd3_model_params;
 sd3_model_params sd3_model_params_default(void);
 

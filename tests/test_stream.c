@@ -7,7 +7,8 @@
  *   - streaming with skip_layers equals the plain forward with the same skips;
  *   - mmdit_stream_advise: bytes released for a block ~ its size; nothing for an index outside the blocks,
  *     for a model over an in-memory file (never MADV_DONTNEED on heap memory), and almost nothing for
- *     int8-quantised Linears (owned copies); streaming an int8 model still gives the same output;
+ *     int8-quantised Linears (owned copies); streaming an int8 model still gives the same output; a file
+ *     written by `sd3 quantize` (int8 in the file, used in place) streams like a float one;
  *   - the tiny golden transformers (SD3, SD3.5-medium-like with attn2): streamed == plain, bit for bit.
  *
  *   test_stream [GOLDEN_ROOT]    (default $SD3_GOLDEN, else ../shared/golden)
@@ -22,6 +23,7 @@
 #include "io/safetensors.h"
 #include "io/weights.h"
 #include "mmdit/mmdit.h"
+#include "quant/quant.h"
 #include "quant/quant_models.h"
 #include "test.h"
 
@@ -290,6 +292,33 @@ static void test_big(void) {
     }
     if (sf) st_close(sf);
     free(buf);
+
+    /* a transformer written by `sd3 quantize` (int8 stored in the file): its Q8 weights are views, and stream */
+    char qdir[600];
+    snprintf(qdir, sizeof qdir, "%s/big_q8", g_tmp);
+    mmdit_model q;
+    if (quant_path(dir, qdir, 0, 8, 'm', NULL, NULL, &err) != SD3_OK || mmdit_load_dir(&q, qdir, &err) != SD3_OK) {
+        CHECK(0, "quantised copy: %s", err.msg);
+    } else {
+        inputs in3 = make_inputs(&q, 8, 8, 8);
+        float *r0 = fwd(&q, &in3, NULL, 0);
+        int64_t rss0 = mapping_rss(q.w.files[0]->map);
+        q.stream_layers = 1;
+        float *r1 = fwd(&q, &in3, NULL, 0);
+        int64_t rss1 = mapping_rss(q.w.files[0]->map);
+        CHECK(same(r0, r1, &q, &in3), "streamed forward of the sd3-quantize file differs");
+        CHECK(rss1 >= 0 && rss1 < rss0 / 2, "sd3-quantize file: resident %lld after streaming vs %lld plain", (long long)rss1,
+              (long long)rss0);
+        CHECK(mmdit_stream_advise(&q, 1, MMDIT_STREAM_PREFETCH) > bb[1] / 5, "sd3-quantize file: block 1 not in the mapping");
+        printf("  sd3-quantize int8 file: mapping resident %.2f MB plain, %.2f MB streamed\n", rss0 / 1e6, rss1 / 1e6);
+        free(r0);
+        free(r1);
+        free_inputs(&in3);
+        mmdit_free(&q);
+    }
+    char rm[700];
+    snprintf(rm, sizeof rm, "rm -rf %s", qdir);
+    if (system(rm) != 0) printf("  could not remove %s\n", qdir);
     snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", dir);
     unlink(path);
     snprintf(path, sizeof path, "%s/config.json", dir);

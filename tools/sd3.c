@@ -89,8 +89,9 @@ static void usage_generate(FILE *f) {
             "                            component is mapped, used and released in turn, one resident at a time)\n"
             "      --stream-layers       stream the transformer's blocks through memory: the next block is read\n"
             "                            ahead, a finished one leaves RAM (the file stays mapped); same image, far\n"
-            "                            less resident memory for weights used as stored (fp32/bf16 precision;\n"
-            "                            int8/int4 copies are owned memory and do not shrink)\n"
+            "                            less resident memory for weights used as stored (any --precision with\n"
+            "                            fp32/fp16/bf16/fp8 files, or files from sd3 quantize); --precision int8|int4\n"
+            "                            on a float model makes owned copies, which do not shrink\n"
             "  -v, --verbose\n",
             d.width, d.height, d.steps, (double)d.cfg_scale, d.max_sequence_length, (double)d.strength);
 }
