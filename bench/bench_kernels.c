@@ -204,6 +204,13 @@ int main(int argc, char **argv) {
     double pa = peak_now(0);
     double ta = time_attention(B, H, T, D, g_quick ? 1 : 2), ga = 4.0 * B * H * (double)T * T * D / ta * 1e-9;
     printf("attention B=%d H=%d T=%d D=%d: %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", B, H, T, D, ta * 1e3, ga, ga / pa);
+    /* the same in the bf16 mode (vdpbf16ps products where the CPU has them), against the bf16 peak */
+    k_set_precision(1);
+    double pa16 = peak_now(1);
+    double ta16 = time_attention(B, H, T, D, g_quick ? 1 : 2), ga16 = 4.0 * B * H * (double)T * T * D / ta16 * 1e-9;
+    printf("attention B=%d H=%d T=%d D=%d bf16-mode (%s): %8.2f ms %7.1f GFLOP/s  %.2f of peak\n", B, H, T, D, k_attention_variant(),
+           ta16 * 1e3, ga16, ga16 / pa16);
+    k_set_precision(0);
 
     double cflops;
     double pc = peak_now(0);
@@ -252,10 +259,10 @@ int main(int argc, char **argv) {
            "\"gemm_f32_m2048\":{\"qkvo\":%.1f,\"fc1\":%.1f,\"fc2\":%.1f},\"gemm_f32_m666\":{\"qkvo\":%.1f,\"fc1\":%.1f,\"fc2\":%.1f},"
            "\"gemm_f16w_m2048_fc1\":%.1f,\"gemm_bf16w_m2048_fc1\":%.1f,\"gemm_bf16mode_m2048_fc1\":%.1f,"
            "\"adaln_m2_gflops\":{\"f32\":%.1f,\"f16\":%.1f,\"bf16\":%.1f},"
-           "\"attention_gflops\":%.1f,\"attention_ms\":%.2f,\"conv3x3_gflops\":%.1f,"
+           "\"attention_gflops\":%.1f,\"attention_ms\":%.2f,\"attention_bf16mode_gflops\":%.1f,\"attention_bf16mode_of_peak\":%.3f,\"conv3x3_gflops\":%.1f,"
            "\"gemm_f32_fc1_of_peak\":%.3f,\"attention_of_peak\":%.3f,\"peak_fp32_min_gflops\":%.1f,\"steady\":%s}\n",
            nt, peak32, peak16, json_gemm[0][0][0], json_gemm[0][0][1], json_gemm[0][0][2], json_gemm[0][1][0],
            json_gemm[0][1][1], json_gemm[0][1][2], json_gemm[1][0][1], json_gemm[2][0][1], json_gemm[3][0][1], json_adaln[0],
-           json_adaln[1], json_adaln[2], ga, ta * 1e3, gc, json_ratio[0][0][1], ga / pa, g_pk_min, stable ? "true" : "false");
+           json_adaln[1], json_adaln[2], ga, ta * 1e3, ga16, ga16 / pa16, gc, json_ratio[0][0][1], ga / pa, g_pk_min, stable ? "true" : "false");
     return 0;
 }

@@ -44,7 +44,12 @@ const char *k_linear_variant(dtype dt) {
     return buf[i];
 }
 /* What k_attention and k_conv2d run under the current settings. */
-const char *k_attention_variant(void) { const kc_isa *isa = pick(); return !isa ? "ref" : isa->attn_tile ? isa->name : "portable"; }
+const char *k_attention_variant(void) {
+    const kc_isa *isa = pick();
+    if (!isa) return "ref";
+    if (use_bf16(isa)) return isa->attn_tile_bf16 ? "avx512_bf16dot" : "portable_bf16";
+    return isa->attn_tile ? isa->name : "portable";
+}
 const char *k_conv2d_variant(void) { const kc_isa *isa = pick(); return !isa ? "ref" : isa->name; }
 
 /* ================================================================================================ */
@@ -82,7 +87,7 @@ void k_matmul(float *C, const float *A, const float *B, int batch, int M, int N,
 
 void k_attention(float *o, const float *q, const float *k, const float *v, const attn_params *p) {
     const kc_isa *isa = pick();
-    if (isa) kc_attention(isa, o, q, k, v, p);
+    if (isa) kc_attention(isa, use_bf16(isa), o, q, k, v, p);
     else k_attention_ref(o, q, k, v, p);
 }
 

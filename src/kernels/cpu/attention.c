@@ -10,7 +10,74 @@
 size_t kc_attn_scratch_floats(const attn_params *p) {
     size_t Dp = (size_t)(p->D + 15) / 16 * 16, Tkp = (size_t)(p->Tk + KC_ATTN_BK - 1) / KC_ATTN_BK * KC_ATTN_BK + KC_ATTN_BK;
     /* S [BQ][BK] + O [BQ][Dp] + m, alpha [BQ] + l [BQ][16] + K^T and V of every key [Dp][Tkp] each */
-    return (size_t)KC_ATTN_BQ * KC_ATTN_BK + (size_t)KC_ATTN_BQ * Dp + 18 * KC_ATTN_BQ + 64 + 2 * Dp * Tkp;
+    size_t f32_tile = 2 * Dp * Tkp;
+    /* the bf16 tile instead: Pp [BQ][BK/2], Qp [BQ][D2p], K pairs [Tkp][D2p], V pairs [Tkp/2][Dp] (uint32) */
+    size_t D2p = ((size_t)(p->D + 1) / 2 + 15) / 16 * 16;
+    size_t bf16_tile = (size_t)KC_ATTN_BQ * (KC_ATTN_BK / 2 + D2p) + Tkp * D2p + Tkp / 2 * Dp;
+    return (size_t)KC_ATTN_BQ * KC_ATTN_BK + (size_t)KC_ATTN_BQ * Dp + 18 * KC_ATTN_BQ + 64 +
+           (f32_tile > bf16_tile ? f32_tile : bf16_tile);
+}
+
+/* Round to bf16 (nearest even) and back: the value the bf16 products see. */
+static inline float bf16_round(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+
+/* 2^x for x <= 0 as the bf16 tiles compute it (attn_avx512.c exp2_p5): n = round(x), f = x - n, degree-5
+ * Taylor polynomial of 2^f, times 2^n; x below -200 gives 0. */
+static float exp2_bf16mode(float x) {
+    if (!(x >= -200.0f)) x = -200.0f; /* also -inf */
+    float n = nearbyintf(x), f = x - n;
+    float pl = 1.3333558146428443e-3f;
+    pl = pl * f + 9.6181291076284772e-3f;
+    pl = pl * f + 5.5504108664821580e-2f;
+    pl = pl * f + 2.4022650695910071e-1f;
+    pl = pl * f + 6.9314718055994531e-1f;
+    pl = pl * f + 1.0f;
+    return ldexpf(pl, (int)n);
+}
+
+/* Portable twin of the bf16 tiles: the portable algorithm (one query row at a time, keys in tiles of BK,
+ * online softmax) with q, k, v and the unnormalised weights P rounded to bf16 where the fast tile rounds
+ * them, and its softmax in base 2 (t = score·log2(e), P = exp2_bf16mode(t - m)); the running sum uses the
+ * unrounded P, as there. */
+void kc_attn_tile_bf16_portable(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h,
+                                int i0, int i1, float *scratch) {
+    const float L2E = 1.44269504088896341f;
+    int D = p->D;
+    float *s = scratch, *acc = scratch + KC_ATTN_BK, *qr = acc + D;
+    for (int i = i0; i < i1; i++) {
+        const float *qi = q + b * p->q_bstride + (int64_t)i * p->q_ld + (int64_t)h * D;
+        for (int d = 0; d < D; d++) qr[d] = bf16_round(qi[d]);
+        int nk = p->causal ? (i + 1 < p->Tk ? i + 1 : p->Tk) : p->Tk;
+        float m = -INFINITY, l = 0.0f;
+        for (int d = 0; d < D; d++) acc[d] = 0.0f;
+        for (int j0 = 0; j0 < nk; j0 += KC_ATTN_BK) {
+            int j1 = j0 + KC_ATTN_BK < nk ? j0 + KC_ATTN_BK : nk;
+            float mx = -INFINITY;
+            for (int j = j0; j < j1; j++) {
+                const float *kj = k + b * p->k_bstride + (int64_t)j * p->k_ld + (int64_t)h * D;
+                float a = 0.0f;
+                for (int d = 0; d < D; d++) a += qr[d] * bf16_round(kj[d]);
+                a *= p->scale * L2E;
+                if (p->bias) a += p->bias[((int64_t)h * p->Tq + i) * p->Tk + j] * L2E;
+                s[j - j0] = a;
+                if (a > mx) mx = a;
+            }
+            float mn = mx > m ? mx : m;
+            float mu = mn == -INFINITY ? 0.0f : mn;
+            float alpha = mn == m ? 1.0f : exp2f(m - mu);
+            l *= alpha;
+            for (int d = 0; d < D; d++) acc[d] *= alpha;
+            for (int j = j0; j < j1; j++) {
+                float pj = exp2_bf16mode(s[j - j0] - mu), pr = bf16_round(pj);
+                l += pj;
+                const float *vj = v + b * p->v_bstride + (int64_t)j * p->v_ld + (int64_t)h * D;
+                for (int d = 0; d < D; d++) acc[d] += pr * bf16_round(vj[d]);
+            }
+            m = mn;
+        }
+        float *oi = o + b * p->o_bstride + (int64_t)i * p->o_ld + (int64_t)h * D;
+        for (int d = 0; d < D; d++) oi[d] = acc[d] / l;
+    }
 }
 
 /* Portable tile: one query row at a time, keys in tiles of BK, online softmax. */
@@ -55,6 +122,7 @@ void kc_attn_tile_portable(float *o, const float *q, const float *k, const float
 
 typedef struct attn_job {
     const kc_isa *isa;
+    int bf16;
     float *o;
     const float *q, *k, *v;
     const attn_params *p;
@@ -70,15 +138,22 @@ static void attn_task(void *arg, int t, int thread) {
     int qt = t % j->nqt, bh = t / j->nqt, h = bh % p->H, b = bh / p->H;
     int i0 = qt * j->qchunk, i1 = i0 + j->qchunk < p->Tq ? i0 + j->qchunk : p->Tq;
     float *scr = j->scratch + j->per * (size_t)thread;
-    if (j->isa->attn_tile) j->isa->attn_tile(j->o, j->q, j->k, j->v, p, b, h, i0, i1, scr);
-    else kc_attn_tile_portable(j->o, j->q, j->k, j->v, p, b, h, i0, i1, scr);
+    if (j->bf16) {
+        if (j->isa->attn_tile_bf16) j->isa->attn_tile_bf16(j->o, j->q, j->k, j->v, p, b, h, i0, i1, scr);
+        else kc_attn_tile_bf16_portable(j->o, j->q, j->k, j->v, p, b, h, i0, i1, scr);
+    } else if (j->isa->attn_tile) {
+        j->isa->attn_tile(j->o, j->q, j->k, j->v, p, b, h, i0, i1, scr);
+    } else {
+        kc_attn_tile_portable(j->o, j->q, j->k, j->v, p, b, h, i0, i1, scr);
+    }
 }
 
 /* Attention over the pool: one task per (batch, head) when there are >= 4 per thread (K^T and V are then
- * packed once per head), else per (batch, head, KC_ATTN_BQ queries) so that small problems still split. */
-void kc_attention(const kc_isa *isa, float *o, const float *q, const float *k, const float *v, const attn_params *p) {
+ * packed once per head), else per (batch, head, KC_ATTN_BQ queries) so that small problems still split.
+ * bf16: the products on bf16 inputs (the ISA's bf16 tile, else the portable twin). */
+void kc_attention(const kc_isa *isa, int bf16, float *o, const float *q, const float *k, const float *v, const attn_params *p) {
     if (p->B <= 0 || p->H <= 0 || p->Tq <= 0 || p->D <= 0) return;
-    attn_job j = {.isa = isa, .o = o, .q = q, .k = k, .v = v, .p = p};
+    attn_job j = {.isa = isa, .bf16 = bf16, .o = o, .q = q, .k = k, .v = v, .p = p};
     int nt = pool_threads();
     /* a task per (batch, head) when there are enough of them (K^T is then packed once per head);
      * otherwise per tile of KC_ATTN_BQ queries too */

@@ -306,6 +306,8 @@ static void gemv_avx512(float *y, const float *x, const tensor *W, const float *
 /* From attn_avx512.c and norm_avx512.c. */
 void kc_attn_tile_avx512(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h, int i0,
                          int i1, float *scratch);
+void kc_attn_tile_bf16_avx512(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h, int i0,
+                              int i1, float *scratch);
 void kc_act_avx512(int kind, float *y, const float *x, size_t n);
 void kc_layernorm_avx512(float *y, const float *x, const float *w, const float *b, int rows, int C, float eps);
 void kc_rmsnorm_avx512(float *y, const float *x, const float *w, int rows, int C, float eps);
@@ -313,7 +315,7 @@ void kc_groupnorm_group_avx512(float *y, const float *x, const float *w, const f
 
 static const kc_isa g_avx512 = {
     .name = "avx512", .MR = X_MR, .NR = X_NR, .ukr = ukr_f32, .ukr_direct = ukr_f32_direct, .ukr_bf16 = ukr_bf16, .cvt_row = cvt_row_avx512,
-    .gemv = gemv_avx512, .pack_rows = pack_rows_avx512, .pack_rows_bf16 = pack_rows_bf16_avx512, .to_bf16_pairs = to_bf16_pairs_avx512, .attn_tile = kc_attn_tile_avx512, .act = kc_act_avx512,
+    .gemv = gemv_avx512, .pack_rows = pack_rows_avx512, .pack_rows_bf16 = pack_rows_bf16_avx512, .to_bf16_pairs = to_bf16_pairs_avx512, .attn_tile = kc_attn_tile_avx512, .attn_tile_bf16 = kc_attn_tile_bf16_avx512, .act = kc_act_avx512,
     .layernorm = kc_layernorm_avx512, .rmsnorm = kc_rmsnorm_avx512, .groupnorm_group = kc_groupnorm_group_avx512,
 };
 /* The AVX-512 table (dispatch checks the CPU first). */

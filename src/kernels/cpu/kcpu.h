@@ -41,6 +41,9 @@ typedef struct kc_isa {
     /* flash attention for one (batch, head, query tile); NULL = use the portable one */
     void (*attn_tile)(float *o, const float *q, const float *k, const float *v, const struct attn_params *p, int b, int h,
                       int i0, int i1, float *scratch);
+    /* the same with bf16 products (q, k, v, P rounded to bf16; see attn_avx512.c); NULL = none */
+    void (*attn_tile_bf16)(float *o, const float *q, const float *k, const float *v, const struct attn_params *p, int b, int h,
+                           int i0, int i1, float *scratch);
     /* vector norms (NULL = the refs); affine parameters already widened to F32, NULL for none */
     void (*layernorm)(float *y, const float *x, const float *w, const float *b, int rows, int C, float eps);
     void (*rmsnorm)(float *y, const float *x, const float *w, int rows, int C, float eps);
@@ -85,11 +88,14 @@ const float *kc_f8_lut(dtype dt);
 void kc_linear(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);
 void kc_matmul(const kc_isa *isa, int bf16, float *C, const float *A, const float *B, int batch, int M, int N, int K, int transB);
 void kc_conv2d(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *w, const tensor *b, const conv2d_params *p);
-void kc_attention(const kc_isa *isa, float *o, const float *q, const float *k, const float *v, const attn_params *p);
+void kc_attention(const kc_isa *isa, int bf16, float *o, const float *q, const float *k, const float *v, const attn_params *p);
 
 /* Portable flash-attention tile (used when the ISA has none). */
 void kc_attn_tile_portable(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h,
                            int i0, int i1, float *scratch);
+/* Portable twin of the bf16 attention tiles (same rounding points, plain C). */
+void kc_attn_tile_bf16_portable(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h,
+                                int i0, int i1, float *scratch);
 /* Floats of scratch one attention tile needs. */
 size_t kc_attn_scratch_floats(const attn_params *p);
 #define KC_ATTN_BQ 64   /* queries per task */
