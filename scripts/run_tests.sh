@@ -26,6 +26,9 @@ for t in "$BUILD"/tests/test_*; do
 done
 if [ -d "$GOLDEN" ]; then
   run golden "$BUILD/golden" "$GOLDEN" --implemented
+  # the opt-in bf16 mode against the same F32 references, within its measured bound (golden_main.c)
+  run golden-bf16 "$BUILD/golden" "$GOLDEN" --implemented --precision bf16 \
+    --only torch_cpu_randn,tokenizers,text_encoders,encode_prompt,transformer_forward,vae_decode,vae_encode,scheduler_set_timesteps,scheduler_img2img,scheduler_step,txt2img,img2img,lora_forward
 else
   echo "[golden] $GOLDEN not found: golden cases not run"; total_f=$((total_f + 1)); bad=1
 fi
