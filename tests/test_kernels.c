@@ -669,8 +669,29 @@ static void test_elementwise(void) {
 /* ================================================================================================ */
 
 /* All the fast-vs-ref comparisons under the current dispatch settings. */
+/* k_linear_gelu_tanh (the activation fused into the GEMM's tile epilogue) gives exactly k_linear then
+ * k_gelu_tanh: small M (the streamed path), odd shapes, F32 / BF16 weights, with and without bias. */
+static void test_linear_gelu(void) {
+    const int shapes[5][3] = {{3, 40, 70}, {13, 33, 5}, {130, 100, 257}, {37, 1000, 64}, {1, 7, 1}};
+    for (int s = 0; s < 5; s++)
+        for (int d = 0; d < 2; d++) {
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            tensor W = rand_tensor(d ? DT_BF16 : DT_F32, N, K, -1, 1), b = rand_tensor(DT_F32, 1, N, -1, 1);
+            float *x = frandv((size_t)M * K, -2, 2), *y = fzeros((size_t)M * N), *want = fzeros((size_t)M * N);
+            k_linear(want, x, &W, d ? NULL : &b, M, N, K);
+            k_gelu_tanh(want, want, (size_t)M * N);
+            k_linear_gelu_tanh(y, x, &W, d ? NULL : &b, M, N, K);
+            size_t diff = 0;
+            for (size_t i = 0; i < (size_t)M * N; i++) diff += memcmp(&y[i], &want[i], sizeof(float)) != 0;
+            CHECK(diff == 0, "linear_gelu_tanh M=%d N=%d K=%d %s: %zu of %d values differ from linear + gelu_tanh", M, N, K,
+                  dtn(W.dt), diff, M * N);
+            tensor_free(&W); tensor_free(&b); sd3_free(x); sd3_free(y); sd3_free(want);
+        }
+}
+
 static void test_all_ops(void) {
     test_linear(0);
+    test_linear_gelu();
     test_matmul(0);
     test_attention();
     test_softmax();
@@ -712,6 +733,7 @@ int main(void) {
     test_matmul(1);
     test_conv(1);
     test_attention();
+    test_linear_gelu();
     printf("bf16 precision mode (linear BF16: %s, attention: %s): %s\n", k_linear_variant(DT_BF16), k_attention_variant(),
            t_failed == before ? "ok" : "FAILURES");
     k_set_precision(0);

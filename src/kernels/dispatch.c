@@ -71,7 +71,7 @@ static void linear_task(void *a, int t, int thread) {
 void k_linear(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K) {
     if (W->dt == DT_Q8 || W->dt == DT_Q4) { k_linear_q(y, x, W, b, M, N, K); return; }  /* kernels_q.h */
     const kc_isa *isa = pick();
-    if (isa) { kc_linear(isa, use_bf16(isa), y, x, W, b, M, N, K); return; }
+    if (isa) { kc_linear(isa, use_bf16(isa), 0, y, x, W, b, M, N, K); return; }
     int nt = pool_threads();
     int chunk = (M + nt - 1) / nt;
     if (chunk < 1) chunk = 1;
@@ -258,6 +258,21 @@ static void act_range(void *c, size_t i0, size_t i1) {
     case KC_ACT_QUICK_GELU: k_quick_gelu_ref(y, x, n); break;
     default: k_silu_ref(y, x, n); break;
     }
+}
+
+/* See kcpu.h: one activation over n floats on the calling thread. */
+void kc_act_rows(const kc_isa *isa, int kind, float *y, const float *x, size_t n) {
+    act_ctx c = {kind, y, (const float *)x, isa};
+    act_range(&c, 0, n);
+}
+
+/* y = gelu_tanh(x W^T + b): the activation runs on each output tile as the GEMM finishes it (while it is
+ * in cache) instead of as a second pass over y; the same values as k_linear then k_gelu_tanh. */
+void k_linear_gelu_tanh(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K) {
+    const kc_isa *isa = pick();
+    if (isa && W->dt != DT_Q8 && W->dt != DT_Q4) { kc_linear(isa, use_bf16(isa), 1 + KC_ACT_GELU_TANH, y, x, W, b, M, N, K); return; }
+    k_linear(y, x, W, b, M, N, K);
+    k_gelu_tanh(y, y, (size_t)M * N);
 }
 
 /* An activation split over the pool in 64-float-aligned chunks. */

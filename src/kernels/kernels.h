@@ -19,6 +19,9 @@
 
 /* y[M,N] = x[M,K] · W[N,K]^T (+ b[N]); W and b any float dtype (b may be NULL). y must not alias x. */
 void k_linear(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);
+/* y = gelu_tanh(x W^T + b) with the activation fused into the product's tile epilogue (same values as
+ * k_linear then k_gelu_tanh; one pass less over y). */
+void k_linear_gelu_tanh(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);
 void k_linear_ref(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);
 
 /* Batched F32 matmul: for each of `batch`, C[M,N] = A[M,K] · B (B is [K,N], or [N,K] when transB);

@@ -65,6 +65,13 @@ static void linear(float *y, const float *x, const mmdit_linear *l, int M, int N
     if (l->lora) linear_lora(y, x, l->lora, M, N, K);
 }
 
+/* y = gelu_tanh(linear(x)): fused into the product's epilogue unless LoRA deltas must land first. */
+static void linear_gelu(float *y, const float *x, const mmdit_linear *l, int M, int N, int K) {
+    if (!l->lora) { k_linear_gelu_tanh(y, x, &l->weight, &l->bias, M, N, K); return; }
+    linear(y, x, l, M, N, K);
+    k_gelu_tanh(y, y, (size_t)M * N);
+}
+
 /* diffusers get_timestep_embedding in float32, with the same operation order as torch:
  * exponent = (-ln(10000) * k) / half, f = exp(exponent), a = t * f, [cos a, sin a]. */
 void mmdit_timestep_sinusoid(float *out, const float *timestep, int B) {
@@ -227,8 +234,7 @@ static void joint_block(const mmdit_model *m, const mmdit_block *bl, int i, cons
         const float *mx = a->modx + (int64_t)b * nx * C;
         k_modulate(a->xn + (int64_t)b * Tx * C, a->xn + (int64_t)b * Tx * C, mx + 3 * C, mx + 4 * C, Tx, C);
     }
-    linear(a->ffh, a->xn, &bl->ff_net_0_proj, B * Tx, F, C);
-    k_gelu_tanh(a->ffh, a->ffh, (size_t)B * Tx * F);
+    linear_gelu(a->ffh, a->xn, &bl->ff_net_0_proj, B * Tx, F, C);
     linear(a->ax, a->ffh, &bl->ff_net_2, B * Tx, C, F);
     for (int b = 0; b < B; b++)
         k_gated_add(a->x + (int64_t)b * Tx * C, a->ax + (int64_t)b * Tx * C, a->modx + (int64_t)b * nx * C + 5 * C,
@@ -245,8 +251,7 @@ static void joint_block(const mmdit_model *m, const mmdit_block *bl, int i, cons
         const float *mc = a->modc + (int64_t)b * nc * C;
         k_modulate(a->cn + (int64_t)b * Tc * C, a->cn + (int64_t)b * Tc * C, mc + 3 * C, mc + 4 * C, Tc, C);
     }
-    linear(a->ffh, a->cn, &bl->ff_context_net_0_proj, B * Tc, F, C);
-    k_gelu_tanh(a->ffh, a->ffh, (size_t)B * Tc * F);
+    linear_gelu(a->ffh, a->cn, &bl->ff_context_net_0_proj, B * Tc, F, C);
     linear(a->ac, a->ffh, &bl->ff_context_net_2, B * Tc, C, F);
     for (int b = 0; b < B; b++)
         k_gated_add(a->c + (int64_t)b * Tc * C, a->ac + (int64_t)b * Tc * C, a->modc + (int64_t)b * nc * C + 5 * C,

@@ -197,6 +197,11 @@ static void prepack_a_task(void *arg, int s, int thread) {
     }
 }
 
+/* The epilogue activation on the finished mr x nr tile at C (row stride ldc). */
+static void tile_act(const kc_isa *isa, int act, float *C, int64_t ldc, int mr, int nr) {
+    for (int i = 0; i < mr; i++) kc_act_rows(isa, act - 1, C + i * ldc, C + i * ldc, (size_t)nr);
+}
+
 /* One task: column block nb x row block mb, all of K. */
 static void gemm_task(void *arg, int task, int thread) {
     gemm_job *j = arg;
@@ -217,10 +222,11 @@ static void gemm_task(void *arg, int task, int thread) {
         for (int m = m0; m < m1; m++)
             for (int n = n0; n < n1; n++)
                 g->C[(int64_t)m * g->ldc + n] = (g->bias_n ? g->bias_n[n] : 0.0f) + (g->bias_m ? g->bias_m[m] : 0.0f);
+        if (g->epilogue_act) tile_act(isa, g->epilogue_act, g->C + (int64_t)m0 * g->ldc + n0, g->ldc, m1 - m0, n1 - n0);
         return;
     }
     for (int k0 = 0; k0 < g->K; k0 += j->KCb) {
-        int kc = g->K - k0 < j->KCb ? g->K - k0 : j->KCb;
+        int kc = g->K - k0 < j->KCb ? g->K - k0 : j->KCb, last = k0 + kc >= g->K;
         int nsl = (n1 - n0 + NR - 1) / NR;
         for (int s = 0; s < nsl; s++) {
             int ns = n0 + s * NR, nr = n1 - ns < NR ? n1 - ns : NR;
@@ -239,6 +245,7 @@ static void gemm_task(void *arg, int task, int thread) {
                     int ns = n0 + s * NR, nr = n1 - ns < NR ? n1 - ns : NR;
                     isa->ukr_direct(kc, A, ar->ld, Bp + (size_t)s * NR * kc, g->C + (int64_t)m * g->ldc + ns, g->ldc, nr, k0 > 0,
                                     g->bias_n ? g->bias_n + ns : NULL, g->bias_m ? g->bias_m + m : NULL);
+                    if (last && g->epilogue_act) tile_act(isa, g->epilogue_act, g->C + (int64_t)m * g->ldc + ns, g->ldc, MR, nr);
                 }
                 continue;
             }
@@ -252,6 +259,7 @@ static void gemm_task(void *arg, int task, int thread) {
                     isa->ukr_bf16((kc + 1) / 2, Ah, Bh + (size_t)s * NR * ((kc + 1) / 2), C, g->ldc, mr, nr, k0 > 0, bn, bm);
                 else
                     isa->ukr(kc, Ap, Bp + (size_t)s * NR * kc, C, g->ldc, mr, nr, k0 > 0, bn, bm);
+                if (last && g->epilogue_act) tile_act(isa, g->epilogue_act, C, g->ldc, mr, nr);
             }
         }
     }
@@ -325,7 +333,7 @@ static void gemv_task(void *arg, int t, int thread) {
 
 /* Linear y = x W^T + b: M <= 4 streams W once through the ISA's gemv (memory-bound: adaLN, pooled
  * vectors), larger M runs the blocked GEMM with x read in place and W packed per tile. */
-void kc_linear(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K) {
+void kc_linear(const kc_isa *isa, int bf16, int act, float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K) {
     if (M <= 0 || N <= 0) return;
     float *bias = bias_f32(isa, b, N);
     if (M <= 4) { /* memory-bound: stream W once, split N over the pool */
@@ -334,10 +342,11 @@ void kc_linear(const kc_isa *isa, int bf16, float *y, const float *x, const tens
         if (chunk < 16) chunk = 16;
         gemv_job j = {isa, y, x, W, bias, M, N, K, chunk};
         pool_run((N + chunk - 1) / chunk, gemv_task, &j);
+        if (act) kc_act_rows(isa, act - 1, y, y, (size_t)M * N);
     } else {
         kc_rows a = {.t = NULL, .f32 = x, .ld = K}, w = {.t = W, .f32 = NULL, .ld = K};
         kc_gemm g = {.M = M, .N = N, .K = K, .pack_a = kc_pack_rows, .actx = &a, .pack_b = kc_pack_rows, .bctx = &w,
-                     .C = y, .ldc = N, .bias_n = bias, .bias_m = NULL, .bf16 = bf16};
+                     .C = y, .ldc = N, .bias_n = bias, .bias_m = NULL, .bf16 = bf16, .epilogue_act = act};
         kc_gemm_run(isa, &g);
     }
     sd3_free(bias);

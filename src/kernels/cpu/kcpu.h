@@ -67,6 +67,8 @@ typedef struct kc_gemm {
     float *C; int64_t ldc;
     const float *bias_n, *bias_m;
     int bf16;                              /* use the bf16 microkernel */
+    int epilogue_act;                      /* 0: none; else 1 + KC_ACT_*: applied to each finished C tile
+                                            * (after the bias) while it is in cache, via the ISA's act */
 } kc_gemm;
 
 /* Run one GEMM over the thread pool (or serially when called from inside a pool task). */
@@ -85,7 +87,10 @@ void kc_pack_cols(const void *ctx, const kc_isa *isa, int idx0, int cnt, int k0,
 const float *kc_f8_lut(dtype dt);
 
 /* Front ends used by dispatch.c. */
-void kc_linear(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);
+/* act: 0 none, else 1 + KC_ACT_* applied to y (fused into the GEMM's tile epilogue). */
+void kc_linear(const kc_isa *isa, int bf16, int act, float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);
+/* The activation kind (KC_ACT_*) over n floats with the ISA's vector form, else the ref (y may equal x). */
+void kc_act_rows(const kc_isa *isa, int kind, float *y, const float *x, size_t n);
 void kc_matmul(const kc_isa *isa, int bf16, float *C, const float *A, const float *B, int batch, int M, int N, int K, int transB);
 void kc_conv2d(const kc_isa *isa, int bf16, float *y, const float *x, const tensor *w, const tensor *b, const conv2d_params *p);
 void kc_attention(const kc_isa *isa, int bf16, float *o, const float *q, const float *k, const float *v, const attn_params *p);
