@@ -1,6 +1,7 @@
 /* test_attn_bf16.c — the bf16 flash-attention tile (vdpbf16ps) against its portable twin.
  *
- * Both round q, k, v and the unnormalised weights P to bf16 at the same points and accumulate in F32, so
+ * Both round q·scale·log2(e), k, v and the unnormalised weights P to bf16 at the same points, run the same
+ * base-2 softmax with the lazily moved maximum, and accumulate in F32, so
  * they differ only by the order of F32 additions (bounded as in test_kernels' F32 attention test:
  * max|v|·(2·(D+2)·u·scale·Σ|q||k| + (4·sqrt(Tk) + 32)·u)) plus the rare P whose bf16 rounding flips
  * because its score moved by an ulp: each flip moves the output by <= 2^-8·w_j·max|v| (w_j that key's

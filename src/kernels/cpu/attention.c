@@ -21,13 +21,12 @@ size_t kc_attn_scratch_floats(const attn_params *p) {
 /* Round to bf16 (nearest even) and back: the value the bf16 products see. */
 static inline float bf16_round(float x) { return bf16_to_f32(f32_to_bf16(x)); }
 
-/* 2^x for x <= 0 as the bf16 tiles compute it (attn_avx512.c exp2_p5): n = round(x), f = x - n, degree-5
- * Taylor polynomial of 2^f, times 2^n; x below -200 gives 0. */
+/* 2^x as the bf16 tiles compute it (attn_avx512.c exp2_p4): n = round(x), f = x - n, degree-4 Taylor
+ * polynomial of 2^f, times 2^n; x below -200 gives 0. */
 static float exp2_bf16mode(float x) {
     if (!(x >= -200.0f)) x = -200.0f; /* also -inf */
     float n = nearbyintf(x), f = x - n;
-    float pl = 1.3333558146428443e-3f;
-    pl = pl * f + 9.6181291076284772e-3f;
+    float pl = 9.6181291076284772e-3f;
     pl = pl * f + 5.5504108664821580e-2f;
     pl = pl * f + 2.4022650695910071e-1f;
     pl = pl * f + 6.9314718055994531e-1f;
@@ -36,9 +35,9 @@ static float exp2_bf16mode(float x) {
 }
 
 /* Portable twin of the bf16 tiles: the portable algorithm (one query row at a time, keys in tiles of BK,
- * online softmax) with q, k, v and the unnormalised weights P rounded to bf16 where the fast tile rounds
- * them, and its softmax in base 2 (t = score·log2(e), P = exp2_bf16mode(t - m)); the running sum uses the
- * unrounded P, as there. */
+ * online softmax) with the fast tile's arithmetic: q·scale·log2(e), k, v and the unnormalised weights P
+ * rounded to bf16, the softmax in base 2 with the lazily moved maximum (m moves only when a tile's max
+ * exceeds it by more than 8; P = exp2_bf16mode(t - m)), the running sum from the unrounded P. */
 void kc_attn_tile_bf16_portable(float *o, const float *q, const float *k, const float *v, const attn_params *p, int b, int h,
                                 int i0, int i1, float *scratch) {
     const float L2E = 1.44269504088896341f;
@@ -46,7 +45,7 @@ void kc_attn_tile_bf16_portable(float *o, const float *q, const float *k, const 
     float *s = scratch, *acc = scratch + KC_ATTN_BK, *qr = acc + D;
     for (int i = i0; i < i1; i++) {
         const float *qi = q + b * p->q_bstride + (int64_t)i * p->q_ld + (int64_t)h * D;
-        for (int d = 0; d < D; d++) qr[d] = bf16_round(qi[d]);
+        for (int d = 0; d < D; d++) qr[d] = bf16_round(qi[d] * (p->scale * L2E));
         int nk = p->causal ? (i + 1 < p->Tk ? i + 1 : p->Tk) : p->Tk;
         float m = -INFINITY, l = 0.0f;
         for (int d = 0; d < D; d++) acc[d] = 0.0f;
@@ -57,23 +56,23 @@ void kc_attn_tile_bf16_portable(float *o, const float *q, const float *k, const 
                 const float *kj = k + b * p->k_bstride + (int64_t)j * p->k_ld + (int64_t)h * D;
                 float a = 0.0f;
                 for (int d = 0; d < D; d++) a += qr[d] * bf16_round(kj[d]);
-                a *= p->scale * L2E;
                 if (p->bias) a += p->bias[((int64_t)h * p->Tq + i) * p->Tk + j] * L2E;
                 s[j - j0] = a;
                 if (a > mx) mx = a;
             }
-            float mn = mx > m ? mx : m;
-            float mu = mn == -INFINITY ? 0.0f : mn;
-            float alpha = mn == m ? 1.0f : exp2f(m - mu);
-            l *= alpha;
-            for (int d = 0; d < D; d++) acc[d] *= alpha;
+            if (mx > m + 8.0f) { /* the lazy maximum moves */
+                float alpha = exp2f(m - mx);
+                l *= alpha;
+                for (int d = 0; d < D; d++) acc[d] *= alpha;
+                m = mx;
+            }
+            float mu = m == -INFINITY ? 0.0f : m;
             for (int j = j0; j < j1; j++) {
                 float pj = exp2_bf16mode(s[j - j0] - mu), pr = bf16_round(pj);
                 l += pj;
                 const float *vj = v + b * p->v_bstride + (int64_t)j * p->v_ld + (int64_t)h * D;
                 for (int d = 0; d < D; d++) acc[d] += pr * bf16_round(vj[d]);
             }
-            m = mn;
         }
         float *oi = o + b * p->o_bstride + (int64_t)i * p->o_ld + (int64_t)h * D;
         for (int d = 0; d < D; d++) oi[d] = acc[d] / l;

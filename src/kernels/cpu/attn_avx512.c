@@ -283,15 +283,14 @@ static inline __m512i row_pairs(const float *x, int e) {
     return (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, x + 16), _mm512_maskz_loadu_ps(m0, x));
 }
 
-/* 2^x for 16 lanes, x <= 0 (or -inf): n = round(x), f = x - n in [-1/2, 1/2], 2^f by its degree-5 Taylor
- * polynomial in f·ln2 (relative error < 2.5e-6: far below the 2^-9 of the bf16 rounding P goes through
+/* 2^x for 16 lanes, x <= 8 (or -inf): n = round(x), f = x - n in [-1/2, 1/2], 2^f by its degree-4 Taylor
+ * polynomial in f·ln2 (relative error < 4.3e-5: 2% of the 2^-9 of the bf16 rounding P goes through
  * next), then vscalefps. x below -200 gives exactly 0. Twin: exp2_bf16mode in attention.c. */
-static inline __m512 exp2_p5(__m512 x) {
+static inline __m512 exp2_p4(__m512 x) {
     x = _mm512_max_ps(_mm512_set1_ps(-200.0f), x);
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n);
-    __m512 pl = _mm512_set1_ps(1.3333558146428443e-3f);                 /* ln2^5 / 120 */
-    pl = _mm512_fmadd_ps(pl, f, _mm512_set1_ps(9.6181291076284772e-3f)); /* ln2^4 / 24 */
+    __m512 pl = _mm512_set1_ps(9.6181291076284772e-3f);                 /* ln2^4 / 24 */
     pl = _mm512_fmadd_ps(pl, f, _mm512_set1_ps(5.5504108664821580e-2f)); /* ln2^3 / 6 */
     pl = _mm512_fmadd_ps(pl, f, _mm512_set1_ps(2.4022650695910071e-1f)); /* ln2^2 / 2 */
     pl = _mm512_fmadd_ps(pl, f, _mm512_set1_ps(6.9314718055994531e-1f)); /* ln2 */
@@ -299,15 +298,18 @@ static inline __m512 exp2_p5(__m512 x) {
     return _mm512_scalef_ps(pl, n);
 }
 
-/* The bf16 tile's online-softmax update for one query row, in base 2: t = acc·scale·log2(e) (+ bias·log2(e)),
- * masked keys -inf, running max m in the same units, P = 2^(t - m) (exp2_p5), alpha = 2^(m_old - m_new),
- * the running sum l (16 partial sums) from the F32 P, and P itself out as bf16 pairs Pp[0..BK/2). Fewer
- * operations than softmax_rows' e^x (the scale folds into one multiply, a shorter polynomial) because the
- * result is rounded to bf16 anyway. */
+/* The bf16 tile's online-softmax update for one query row, in base 2 with a lazily moved maximum. The
+ * scores arrive already in log2 units (q was scaled by scale·log2(e) before its bf16 rounding), plus
+ * bias·log2(e); masked keys are -inf. The running max m only moves when a score exceeds it by more than
+ * KC_ATTN_LAZY (then m = the row's max so far, alpha = 2^(m_old - m_new) rescales O and l); otherwise
+ * alpha = 1 and P = 2^(t - m) may reach 2^KC_ATTN_LAZY, harmless in F32 and bf16. That skips the
+ * horizontal max, the scalar exp2f and the rescale of O in almost every tile. P goes out as bf16 pairs,
+ * the running sum l (16 partial sums) takes the F32 P. */
+#define KC_ATTN_LAZY 8.0f
 static inline __attribute__((always_inline)) void softmax_row_bf16(const __m512 acc[4], int nk, int j0, int i, const attn_params *p,
                                                                    int h, uint32_t *Pp, float *m, float *l, float *alpha) {
     const float L2E = 1.44269504088896341f;
-    __m512 c = _mm512_set1_ps(p->scale * L2E), ninf = _mm512_set1_ps(-INFINITY);
+    __m512 ninf = _mm512_set1_ps(-INFINITY);
     int lim = nk;
     if (p->causal && i + 1 - j0 < lim) lim = i + 1 - j0;
     if (lim < 0) lim = 0;
@@ -318,24 +320,33 @@ static inline __attribute__((always_inline)) void softmax_row_bf16(const __m512 
     for (int q = 0; q < 4; q++) {
         __mmask16 valid = lim == BK ? (__mmask16)0xffff
                                     : _mm512_cmplt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(16 * q)), _mm512_set1_epi32(lim));
-        __m512 v = brow ? _mm512_fmadd_ps(acc[q], c, _mm512_mul_ps(_mm512_maskz_loadu_ps(valid, brow + 16 * q), _mm512_set1_ps(L2E)))
-                        : _mm512_mul_ps(acc[q], c);
-        t[q] = _mm512_mask_blend_ps(valid, ninf, v);
+        __m512 v = brow ? _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, brow + 16 * q), _mm512_set1_ps(L2E), acc[q]) : acc[q];
+        t[q] = lim == BK ? v : _mm512_mask_blend_ps(valid, ninf, v);
         mx = _mm512_max_ps(mx, t[q]);
     }
-    float mn = _mm512_reduce_max_ps(mx);
-    if (*m > mn) mn = *m;
-    float mu = mn == -INFINITY ? 0.0f : mn;
-    float al = mn == *m ? 1.0f : exp2f(*m - mu);
+    float al = 1.0f;
+    if (_mm512_cmp_ps_mask(mx, _mm512_set1_ps(*m + KC_ATTN_LAZY), _CMP_GT_OQ)) { /* rare: the max moves */
+        float mn = _mm512_reduce_max_ps(mx);
+        al = exp2f(*m - mn);  /* 0 when m was -inf (O and l are 0 then) */
+        *m = mn;
+    }
+    float mu = *m == -INFINITY ? 0.0f : *m;
     __m512 muv = _mm512_set1_ps(mu), e[4];
 #pragma GCC unroll 4
-    for (int q = 0; q < 4; q++) e[q] = exp2_p5(_mm512_sub_ps(t[q], muv));
+    for (int q = 0; q < 4; q++) e[q] = exp2_p4(_mm512_sub_ps(t[q], muv));
     __m512 sum = _mm512_add_ps(_mm512_add_ps(e[0], e[1]), _mm512_add_ps(e[2], e[3]));
-    _mm512_store_ps(l, _mm512_fmadd_ps(_mm512_load_ps(l), _mm512_set1_ps(al), sum));
+    __m512 lv = _mm512_load_ps(l);
+    _mm512_store_ps(l, al == 1.0f ? _mm512_add_ps(lv, sum) : _mm512_fmadd_ps(lv, _mm512_set1_ps(al), sum));
     _mm512_store_si512(Pp, (__m512i)_mm512_cvtne2ps_pbh(e[1], e[0]));
     _mm512_store_si512(Pp + 16, (__m512i)_mm512_cvtne2ps_pbh(e[3], e[2]));
     *alpha = al;
-    *m = mn;
+}
+
+/* row_pairs of x·c (F32 product, then rounded to bf16). */
+static inline __m512i row_pairs_scaled(const float *x, int e, __m512 c) {
+    __mmask16 m0 = e >= 16 ? (__mmask16)0xffff : e > 0 ? (__mmask16)((1u << e) - 1) : 0;
+    __mmask16 m1 = e >= 32 ? (__mmask16)0xffff : e > 16 ? (__mmask16)((1u << (e - 16)) - 1) : 0;
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(m1, x + 16), c), _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, x), c));
 }
 
 /* Scores of R (1..4) query rows (pairs Qp, row stride D2p) against one key tile Kp [D2][BK] with
@@ -375,8 +386,10 @@ static inline __attribute__((always_inline)) void pv_rows_bf16(const int R, floa
         for (int r = 0; r < R; r++) {
             __m512 a = _mm512_set1_ps(alpha[r]);
 #pragma GCC unroll 4
-            for (int c = 0; c < 4; c++)
-                acc[r][c] = c < nc ? _mm512_mul_ps(a, _mm512_load_ps(O + (int64_t)r * Dp + d0 + 16 * c)) : _mm512_setzero_ps();
+            for (int c = 0; c < 4; c++) {
+                __m512 o = c < nc ? _mm512_load_ps(O + (int64_t)r * Dp + d0 + 16 * c) : _mm512_setzero_ps();
+                acc[r][c] = alpha[r] == 1.0f ? o : _mm512_mul_ps(a, o);
+            }
         }
         if (nc == 4) {
             for (int u = 0; u < nk2; u++) {
@@ -451,6 +464,7 @@ void kc_attn_tile_bf16_avx512(float *o, const float *q, const float *k, const fl
             _mm512_store_si512(Vp + (int64_t)u * Dp + d, pair_interleave((__m512i)_mm512_cvtne2ps_pbh(hi, lo)));
         }
     }
+    const __m512 qscale = _mm512_set1_ps(p->scale * 1.44269504088896341f); /* scores in log2 units */
     for (int c0 = i0; c0 < i1; c0 += BQ) {
         int c1 = c0 + BQ < i1 ? c0 + BQ : i1, nq = c1 - c0;
         int Tkc = p->causal && c1 < Tk ? c1 : Tk;
@@ -458,7 +472,8 @@ void kc_attn_tile_bf16_avx512(float *o, const float *q, const float *k, const fl
         for (int r = 0; r < nq; r++) {
             m[r] = -INFINITY;
             _mm512_store_ps(l + 16 * r, _mm512_setzero_ps());
-            for (int t0 = 0; t0 < D2p; t0 += 16) _mm512_store_si512(Qp + (int64_t)r * D2p + t0, row_pairs(qb + (int64_t)r * p->q_ld + 2 * t0, D - 2 * t0));
+            for (int t0 = 0; t0 < D2p; t0 += 16)
+                _mm512_store_si512(Qp + (int64_t)r * D2p + t0, row_pairs_scaled(qb + (int64_t)r * p->q_ld + 2 * t0, D - 2 * t0, qscale));
         }
         memset(O, 0, sizeof(float) * (size_t)nq * Dp);
         for (int j0 = 0; j0 < Tkc; j0 += BK) {
