@@ -36,17 +36,20 @@ static int run(char *out, size_t n, const char *fmt, ...) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
+/* Whether a path exists. */
 static int exists(const char *p) {
     struct stat sb;
     return stat(p, &sb) == 0;
 }
 
+/* Count the lines of s (an error must be one line). */
 static int lines(const char *s) {
     int n = 0;
     for (; *s; s++) n += *s == '\n';
     return n;
 }
 
+/* Write n bytes to path (test setup). */
 static void write_file(const char *path, const char *data, size_t n) {
     FILE *f = fopen(path, "wb");
     if (f) {

@@ -65,6 +65,7 @@ static sd3_ctx *open_ctx(int keep, int stream, int quant) {
     return c;
 }
 
+/* One sd3_generate with its image and latents (ok = 0 on failure, reported). */
 static result gen(sd3_ctx *c, const sd3_gen_params *p) {
     result r;
     memset(&r, 0, sizeof r);
@@ -74,6 +75,7 @@ static result gen(sd3_ctx *c, const sd3_gen_params *p) {
     return r;
 }
 
+/* Free a result. */
 static void result_free(result *r) {
     sd3_image_free(&r->img);
     free(r->lat);

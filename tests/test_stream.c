@@ -63,6 +63,7 @@ static float rnd(float s) {
 /* The tensors of a synthetic SD3 transformer (diffusers keys, as src/bench/synth.c lists them). */
 typedef struct syn { st_writer *w; float *bufs[1024]; int n; int64_t block_bytes[8]; int cur_block; } syn;
 
+/* Add one F32 tensor of random values (mean + ~N(0, scale^2)), counted into the current block's bytes. */
 static void add(syn *s, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3, float scale, float mean) {
     int64_t shape[4] = {d0, d1, d2, d3}, n = 1;
     for (int i = 0; i < ndim; i++) n *= shape[i];
@@ -74,6 +75,7 @@ static void add(syn *s, const char *name, int ndim, int64_t d0, int64_t d1, int6
     if (s->cur_block >= 0) s->block_bytes[s->cur_block] += n * 4;
 }
 
+/* Add a Linear: weight [N, K] scaled by 1/sqrt(K), bias [N]. */
 static void lin(syn *s, const char *name, int64_t N, int64_t K) {
     char k[256];
     snprintf(k, sizeof k, "%s.weight", name);
@@ -147,6 +149,7 @@ static int write_big(char *dir, size_t n, int64_t *block_bytes) {
 /* Inputs for a (B=2) forward at latent H x W with S text tokens. */
 typedef struct inputs { int B, H, W, S; float *x, *ctx, *pooled, t[2]; } inputs;
 
+/* Random inputs shaped for model m. */
 static inputs make_inputs(const mmdit_model *m, int H, int W, int S) {
     inputs in = {.B = 2, .H = H, .W = W, .S = S};
     int64_t nx = 2LL * m->cfg.in_channels * H * W, nc = 2LL * S * m->cfg.joint_attention_dim, np = 2LL * m->cfg.pooled_projection_dim;
@@ -161,6 +164,7 @@ static inputs make_inputs(const mmdit_model *m, int H, int W, int S) {
     return in;
 }
 
+/* Free the input buffers. */
 static void free_inputs(inputs *in) { free(in->x); free(in->ctx); free(in->pooled); }
 
 /* Forward into a fresh buffer (NULL on error, reported). */
@@ -176,6 +180,7 @@ static float *fwd(const mmdit_model *m, const inputs *in, const int *skip, int n
     return out;
 }
 
+/* Bit-identical outputs (both present). */
 static int same(const float *a, const float *b, const mmdit_model *m, const inputs *in) {
     return a && b && !memcmp(a, b, sizeof(float) * (size_t)in->B * m->cfg.out_channels * in->H * in->W);
 }

@@ -55,6 +55,7 @@ static void add_linear(const mmdit_model *m, const mmdit_linear *l, range *r, in
     add_tensor(m, &l->bias, r, n);
 }
 
+/* Collect block i's mapped ranges, merge them, and advise each (see mmdit.h). */
 int64_t mmdit_stream_advise(const mmdit_model *m, int i, int advice) {
     if (!m || !m->blocks || i < 0 || i >= m->cfg.num_layers) return 0;
     const mmdit_block *bl = &m->blocks[i];

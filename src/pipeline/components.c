@@ -368,6 +368,7 @@ int comp_joint_width(const model_store *ms) {
 /* Memory policy (components.h)                                                                     */
 /* ------------------------------------------------------------------------------------------------ */
 
+/* The diffusers folder name of a component, for messages and logs. */
 const char *comp_id_name(comp_id c) {
     static const char *names[COMP_COUNT] = {"text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"};
     return c >= 0 && c < COMP_COUNT ? names[c] : "?";
@@ -377,6 +378,7 @@ const char *comp_id_name(comp_id c) {
 static comp_res *g_res;
 static pthread_mutex_t g_res_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Register a context's model with its policy; see components.h. */
 sd3_status comp_res_attach(const model_store *ms, int keep, comp_res **out, sd3_err *err) {
     *out = NULL;
     comp_res *r = calloc(1, sizeof *r);
@@ -391,6 +393,7 @@ sd3_status comp_res_attach(const model_store *ms, int keep, comp_res **out, sd3_
     return SD3_OK;
 }
 
+/* Look a model_store up in the registry (NULL: default policy, not counted). */
 comp_res *comp_res_of(const model_store *ms) {
     comp_res *found = NULL;
     pthread_mutex_lock(&g_res_lock);
@@ -400,6 +403,7 @@ comp_res *comp_res_of(const model_store *ms) {
     return found;
 }
 
+/* Unregister, then close what is resident (the store is still open: views stay valid until here). */
 void comp_res_detach(comp_res *r) {
     if (!r) return;
     pthread_mutex_lock(&g_res_lock);
@@ -413,6 +417,7 @@ void comp_res_detach(comp_res *r) {
     free(r);
 }
 
+/* The transformer for one generation, resident or opened now; see components.h. */
 sd3_status comp_mmdit_get(const model_store *ms, int quant, mmdit_model *local, mmdit_model **out, sd3_err *err) {
     *out = NULL;
     comp_res *res = comp_res_of(ms);
@@ -440,6 +445,7 @@ sd3_status comp_mmdit_get(const model_store *ms, int quant, mmdit_model *local, 
     return SD3_OK;
 }
 
+/* Hand the transformer back: a resident one loses this call's LoRAs and streaming flag, another is freed. */
 void comp_mmdit_put(const model_store *ms, mmdit_model *m) {
     if (!m) return;
     comp_res *res = comp_res_of(ms);
@@ -451,6 +457,7 @@ void comp_mmdit_put(const model_store *ms, mmdit_model *m) {
     mmdit_free(m);
 }
 
+/* The VAE for one use, resident or opened now; see components.h. */
 sd3_status comp_vae_get(const model_store *ms, vae_model *local, vae_model **out, sd3_err *err) {
     *out = NULL;
     comp_res *res = comp_res_of(ms);
@@ -472,6 +479,7 @@ sd3_status comp_vae_get(const model_store *ms, vae_model *local, vae_model **out
     return SD3_OK;
 }
 
+/* Hand the VAE back: freed unless resident. */
 void comp_vae_put(const model_store *ms, vae_model *v) {
     if (!v) return;
     comp_res *res = comp_res_of(ms);

@@ -15,6 +15,7 @@ void pipeline_unload(sd3_ctx *ctx) {
     ctx->ms = NULL;
 }
 
+/* Load count of one component (pipeline.h), from the context's comp_res. */
 int pipeline_component_loads(const sd3_ctx *ctx, int comp) {
     if (!ctx || !ctx->res || comp < 0 || comp >= COMP_COUNT) return -1;
     return ctx->res->loads[comp];
