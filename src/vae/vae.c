@@ -26,6 +26,8 @@ typedef struct vae_run {
     int band_rows;               /* rows per band of the in-place convs (0: from VAE_BAND_FLOATS) */
     int failed;                  /* an allocation failed (the forward returns SD3_ERR_NOMEM) */
     size_t live, peak;           /* activation floats allocated now / at most */
+    float *band;                 /* the in-place convs' band buffers, grown as needed, freed by run_end */
+    size_t band_n;
     const vae_tap *tap;
 } vae_run;
 
@@ -61,6 +63,27 @@ static void run_release(vae_run *r, float *p, size_t n) {
     if (!p) return;
     sd3_free(p);
     r->live -= n;
+}
+
+/* At least n floats of band scratch, kept for the rest of the run (fresh pages fault on every touch;
+ * reusing one block keeps that cost once per run). NULL (and r->failed) when out of memory. */
+static float *band_scratch(vae_run *r, size_t n) {
+    if (r->failed) return NULL;
+    if (n > r->band_n) {
+        run_release(r, r->band, r->band_n);
+        r->band = NULL;
+        r->band_n = 0;
+        if (!(r->band = run_alloc(r, n))) return NULL;
+        r->band_n = n;
+    }
+    return r->band;
+}
+
+/* Free what the run keeps between ops (the band scratch). */
+static void run_end(vae_run *r) {
+    run_release(r, r->band, r->band_n);
+    r->band = NULL;
+    r->band_n = 0;
 }
 
 /* A fresh owned activation of C x H x W per batch item (x NULL after a failure). */
@@ -130,8 +153,8 @@ static void conv3_inplace(vae_run *r, act *x, const tensor *w, const tensor *b, 
     if (R < 1) R = 1;
     if (R > H) R = H;
     size_t tin_n = (size_t)Cin * (R + 2) * W, tout_n = (size_t)cout * R * W, halo_n = (size_t)Cin * W;
-    float *tin = run_alloc(r, tin_n), *tout = run_alloc(r, tout_n), *halo = run_alloc(r, halo_n);
-    if (!r->failed) {
+    float *tin = band_scratch(r, tin_n + tout_n + halo_n), *tout = tin ? tin + tin_n : NULL, *halo = tin ? tout + tout_n : NULL;
+    if (tin) {
         for (int n = 0; n < r->N; n++) {
             /* item n's output starts at or below its input: items before n are consumed, and item n's
              * bands only overwrite input rows above the current band (its top halo is in `halo`) */
@@ -161,9 +184,6 @@ static void conv3_inplace(vae_run *r, act *x, const tensor *w, const tensor *b, 
         }
         x->C = cout;
     }
-    run_release(r, tin, tin_n);
-    run_release(r, tout, tout_n);
-    run_release(r, halo, halo_n);
 }
 
 /* x = SiLU(GroupNorm(x)) in place (a borrowed x is copied first). */
@@ -373,6 +393,7 @@ sd3_status vae_decode(const vae_model *m, const float *z, int N, int C, int h, i
     if (s) return s;
     vae_run r = {.N = N, .G = m->cfg.norm_num_groups, .band_rows = m->conv_band_rows, .tap = tp};
     decoder_run(&r, m, z, h, w, img);
+    run_end(&r);
     return run_status(&r, "decode", err);
 }
 
@@ -382,6 +403,7 @@ sd3_status vae_encode(const vae_model *m, const float *x, int N, int C, int H, i
     if (s) return s;
     vae_run r = {.N = N, .G = m->cfg.norm_num_groups, .band_rows = m->conv_band_rows, .tap = tp};
     encoder_run(&r, m, x, H, W, moments);
+    run_end(&r);
     return run_status(&r, "encode", err);
 }
 
@@ -487,6 +509,7 @@ static sd3_status tiled_run(const vae_model *m, int dec, const float *in, int N,
             float *o = tiles + off[i * t.nj + j];
             if (dec) decoder_run(&r, m, tin_buf, th, tw, o);
             else encoder_run(&r, m, tin_buf, th, tw, o);
+            run_end(&r);
             if ((s = run_status(&r, dec ? "tiled decode" : "tiled encode", err))) {
                 sd3_free(tiles);
                 sd3_free(off);

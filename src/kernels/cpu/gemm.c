@@ -395,6 +395,22 @@ static void matmul_one(const matmul_job *j, int bi) {
 
 typedef struct conv_b { const float *x; const conv2d_params *p; int Ho, Wo, up; } conv_b;
 
+/* d[t] = xr[(iw + t) / 2] for t < run (iw >= 0): one row segment of a 2x nearest-upsampled image, each
+ * source value stored twice. */
+static void up2_row(float *d, const float *xr, int iw, int run) {
+    int t = 0;
+    if (iw & 1) d[t++] = xr[iw >> 1];
+    const float *src = xr + ((iw + t) >> 1);
+    float *dd = d + t;
+    int pairs = (run - t) / 2;
+    for (int s = 0; s < pairs; s++) {   /* vectorisable: interleave src with itself */
+        dd[2 * s] = src[s];
+        dd[2 * s + 1] = src[s];
+    }
+    t += 2 * pairs;
+    if (t < run) d[t] = src[pairs];
+}
+
 /* Pack output pixels idx0.. (cnt of them) x reduction indices k0..: dst[k*R + j] = the input value under
  * tap (ci, i, jj) of pixel idx0 + j, zero in the padding. Runs of pixels along an output row are filled
  * row segment by row segment (contiguous for stride 1). With up > 1 the taps index the virtually
@@ -419,10 +435,17 @@ static void pack_conv_b(const void *vctx, const kc_isa *isa, int idx0, int cnt, 
             } else {
                 const float *xr = xc + (int64_t)(ih / u) * p->W;
                 int iw = ow * p->stride + kj - p->pad_l;
-                if (p->stride == 1 && iw >= 0 && iw + run <= Wu) {
-                    if (u == 1) memcpy(d + j, xr + iw, sizeof(float) * (size_t)run);
-                    else if (u == 2) for (int t = 0; t < run; t++) d[j + t] = xr[(iw + t) >> 1];
-                    else for (int t = 0; t < run; t++) d[j + t] = xr[(iw + t) / u];
+                if (p->stride == 1) {   /* zeros left of the image, a copy, zeros right of it */
+                    int t0 = iw < 0 ? (-iw < run ? -iw : run) : 0;
+                    int t1 = Wu - iw < run ? Wu - iw : run;
+                    if (t1 < t0) t1 = t0;
+                    for (int t = 0; t < t0; t++) d[j + t] = 0.0f;
+                    if (u == 1) memcpy(d + j + t0, xr + iw + t0, sizeof(float) * (size_t)(t1 - t0));
+                    else if (u == 2) up2_row(d + j + t0, xr, iw + t0, t1 - t0);
+                    else for (int t = t0; t < t1; t++) d[j + t] = xr[(iw + t) / u];
+                    for (int t = t1; t < run; t++) d[j + t] = 0.0f;
+                } else if (u == 1) {
+                    for (int t = 0; t < run; t++, iw += p->stride) d[j + t] = (iw >= 0 && iw < Wu) ? xr[iw] : 0.0f;
                 } else {
                     for (int t = 0; t < run; t++, iw += p->stride) d[j + t] = (iw >= 0 && iw < Wu) ? xr[iw / u] : 0.0f;
                 }
