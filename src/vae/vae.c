@@ -28,6 +28,8 @@ typedef struct vae_run {
     size_t live, peak;           /* activation floats allocated now / at most */
     float *band;                 /* the in-place convs' band buffers, grown as needed, freed by run_end */
     size_t band_n;
+    float *spare;                /* the last activation dropped, kept for an act_new of about its size */
+    size_t spare_n;
     const vae_tap *tap;
 } vae_run;
 
@@ -45,8 +47,19 @@ static size_t numel(const vae_run *r, int C, int H, int W) {
     return (size_t)r->N * (size_t)C * (size_t)H * (size_t)W;
 }
 
-/* n floats of scratch counted in the run's live total; NULL (and r->failed) when out of memory. */
+/* Free the spare activation buffer (if any). */
+static void free_spare(vae_run *r) {
+    if (!r->spare) return;
+    sd3_free(r->spare);
+    r->live -= r->spare_n;
+    r->spare = NULL;
+    r->spare_n = 0;
+}
+
+/* n floats of scratch counted in the run's live total; NULL (and r->failed) when out of memory. The
+ * spare is freed first, so holding it never raises the peak. */
 static float *run_alloc(vae_run *r, size_t n) {
+    free_spare(r);
     if (r->failed) return NULL;
     float *p = n <= SIZE_MAX / sizeof(float) ? sd3_malloc(n * sizeof(float)) : NULL;
     if (!p) {
@@ -79,24 +92,37 @@ static float *band_scratch(vae_run *r, size_t n) {
     return r->band;
 }
 
-/* Free what the run keeps between ops (the band scratch). */
+/* Free what the run keeps between ops (the band scratch and the spare). */
 static void run_end(vae_run *r) {
+    free_spare(r);
     run_release(r, r->band, r->band_n);
     r->band = NULL;
     r->band_n = 0;
 }
 
-/* A fresh owned activation of C x H x W per batch item (x NULL after a failure). */
+/* A fresh owned activation of C x H x W per batch item (x NULL after a failure): the spare when it
+ * holds n to n + n/8 floats (its pages are already mapped: no page faults), else a new buffer. */
 static act act_new(vae_run *r, int C, int H, int W) {
     size_t n = numel(r, C, H, W);
+    if (!r->failed && r->spare && r->spare_n >= n && r->spare_n - n <= n / 8) {
+        act a = {r->spare, C, H, W, r->spare_n, 1};
+        r->spare = NULL;
+        r->spare_n = 0;
+        return a;
+    }
     act a = {run_alloc(r, n), C, H, W, n, 1};
     if (!a.x) a.owned = 0;
     return a;
 }
 
-/* Free an owned activation; a borrowed one is only forgotten. */
+/* Release an owned activation (it becomes the spare, the previous spare is freed); a borrowed one is
+ * only forgotten. */
 static void drop(vae_run *r, act *a) {
-    if (a->owned) run_release(r, a->x, a->cap);
+    if (a->owned && a->x) {
+        free_spare(r);
+        r->spare = a->x;
+        r->spare_n = a->cap;
+    }
     a->x = NULL;
     a->owned = 0;
 }
