@@ -50,6 +50,7 @@ static sd3_gen_params request(const char *prompt, uint64_t seed, const char *ini
 }
 
 /* A context over the tiny pipeline with the given policy. */
+static int g_t5_quant = 0;   /* t5_quant of the contexts open_ctx makes */
 static sd3_ctx *open_ctx(int keep, int stream, int quant) {
     sd3_ctx *c = sd3_ctx_create(NULL);
     sd3_model_params mp = sd3_model_params_default();
@@ -57,6 +58,7 @@ static sd3_ctx *open_ctx(int keep, int stream, int quant) {
     mp.keep_loaded = keep;
     mp.stream_layers = stream;
     mp.mmdit_quant = quant;
+    mp.t5_quant = g_t5_quant;
     if (sd3_load(c, &mp) != SD3_OK) {
         CHECK(0, "sd3_load: %s", sd3_last_error(c));
         sd3_ctx_free(c);
@@ -164,6 +166,21 @@ int main(void) {
     same(&dq2, &kq2, "int8 keep_loaded call 2");
     loads(kq, 1, 1, "int8 keep_loaded, two calls");
     CHECK(dq1.ok && memcmp(dq1.lat, d1.lat, sizeof(float) * 16 * 64), "int8 gave the float latents (not quantised?)");
+
+    /* 6b. int8 T5 (quantised at load): kept quantised, so quantised once for three calls; same images */
+    g_t5_quant = 8;
+    sd3_ctx *dt = open_ctx(0, 0, 0), *kt = open_ctx(1, 0, 0);
+    g_t5_quant = 0;
+    result dt1 = gen(dt, &p1), dt2 = gen(dt, &p2), kt1 = gen(kt, &p1), kt2 = gen(kt, &p2), kt3 = gen(kt, &p1);
+    same(&dt1, &kt1, "int8 T5 keep_loaded call 1");
+    same(&dt2, &kt2, "int8 T5 keep_loaded call 2");
+    same(&dt1, &kt3, "int8 T5 keep_loaded call 3");
+    loads(kt, 1, 1, "int8 T5 keep_loaded, three calls");
+    CHECK(pipeline_t5_quantised_kept(kt) == 1, "int8 T5 kept: quantised %d times for three calls", pipeline_t5_quantised_kept(kt));
+    CHECK(pipeline_t5_quantised_kept(dt) == 0, "default policy stored a quantised T5 (%d)", pipeline_t5_quantised_kept(dt));
+    CHECK(dt1.ok && memcmp(dt1.lat, d1.lat, sizeof(float) * 16 * 64), "int8 T5 gave the float latents (not quantised?)");
+    result_free(&dt1), result_free(&dt2), result_free(&kt1), result_free(&kt2), result_free(&kt3);
+    sd3_ctx_free(dt), sd3_ctx_free(kt);
 
     /* 7. layer streaming: same images, alone and with keep_loaded */
     sd3_ctx *st = open_ctx(0, 1, 0), *stk = open_ctx(1, 1, 0);

@@ -414,6 +414,7 @@ void comp_res_detach(comp_res *r) {
         if (r->have_te[k]) comp_te_close(&r->te[k]);
     if (r->have_mmdit) mmdit_free(&r->mmdit);
     if (r->have_vae) vae_free(&r->vae);
+    if (r->have_t5q) t5_free(&r->t5q);   /* before te[2] would matter: its views are not touched here */
     free(r);
 }
 

@@ -38,6 +38,7 @@
 #include <cjson/cJSON.h>
 #include "io/model_store.h"
 #include "mmdit/mmdit.h"
+#include "text/t5.h"
 #include "text/te_single.h"
 #include "vae/vae.h"
 
@@ -94,8 +95,8 @@ const char *comp_id_name(comp_id c);
  * a component opened once stays open here until comp_res_detach (sd3_load of another model, sd3_ctx_free),
  * so a second generation opens, maps and parses no weights: the text encoders' weight sets and configs, the
  * MMDiT (with its int8/int4 copies when quantised at load) and the VAE. Per generation, still: the
- * tokenizers are read, the text encoders' tensor views are bound (clip_load / t5_load, no I/O) and a T5
- * quantised at load (`--t5 int8`) is quantised again, since those live in encode_prompt.c.
+ * tokenizers are read and the text encoders' tensor views are bound (clip_load / t5_load, no I/O); a T5
+ * quantised at load (`--t5 int8`) is kept quantised (t5q) and not quantised again.
  * The registry is found by model_store, so the opening functions above (and encode_prompt, which calls
  * them) use it without a new parameter; a model_store without one (tools, tests, golden runner) follows
  * the default policy and is not counted. */
@@ -109,6 +110,10 @@ typedef struct comp_res {
     int have_mmdit, mmdit_quant;
     vae_model vae;                /* resident VAE (keep) */
     int have_vae;
+    t5_model t5q;                 /* resident T5 quantised at load (keep + --t5 int8/int4): quantised once; its
+                                   * float tensors are views into te[2], which stays open with it */
+    int have_t5q, t5q_bits;
+    int t5q_made;                 /* times a quantised T5 was handed to the context (tests: once when kept) */
     struct comp_res *next;
 } comp_res;
 

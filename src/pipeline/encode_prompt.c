@@ -139,16 +139,33 @@ static sd3_status run_t5(const model_store *ms, const texts *tx, int T, int quan
             sd3_err_prefix(err, "tokenizer_3 (prompt %d)", i);
             goto done;
         }
-    if ((s = comp_te_open(ms, TE_ROLE_T5, &te, err))) goto done;
-    if ((s = t5_load(&m, &te.w, te.config, "text_encoder_3", err))) goto done;
-    if (quant) {   /* owned int8/int4 copies of the Linears; the float pages of the mapping can go */
-        if ((s = quant_t5(&m, quant, &te.w, NULL, err))) goto done;
-        weights_release_pages(&te.w);
+    /* keep_loaded with a T5 quantised at load: the quantised model stays in the context (comp_res.t5q) */
+    comp_res *res = comp_res_of(ms);
+    int keep_q = quant && res && res->keep;
+    const t5_model *mp = &m;
+    if (keep_q && res->have_t5q && res->t5q_bits == quant) {
+        mp = &res->t5q;
+    } else {
+        if ((s = comp_te_open(ms, TE_ROLE_T5, &te, err))) goto done;
+        if ((s = t5_load(&m, &te.w, te.config, "text_encoder_3", err))) goto done;
+        if (quant) {   /* owned int8/int4 copies of the Linears; the float pages of the mapping can go */
+            if ((s = quant_t5(&m, quant, &te.w, NULL, err))) goto done;
+            weights_release_pages(&te.w);
+        }
+        if (keep_q && te.resident) {   /* hand the quantised model to the context */
+            if (res->have_t5q) t5_free(&res->t5q);
+            res->t5q = m;
+            res->have_t5q = 1;
+            res->t5q_bits = quant;
+            res->t5q_made++;
+            memset(&m, 0, sizeof m);
+            mp = &res->t5q;
+        }
     }
-    int d = m.cfg.d_model;
+    int d = mp->cfg.d_model;
     h = sd3_malloc(sizeof(float) * (size_t)tx->n * T * d);
     if (!h) { s = sd3_errf(err, SD3_ERR_NOMEM, "out of memory for T5 activations"); goto done; }
-    if ((s = t5_forward(&m, ids, tx->n, T, h, err))) goto done;
+    if ((s = t5_forward(mp, ids, tx->n, T, h, err))) goto done;
     *out = h;
     *d_out = d;
     h = NULL;

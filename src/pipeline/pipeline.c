@@ -21,6 +21,8 @@ int pipeline_component_loads(const sd3_ctx *ctx, int comp) {
     return ctx->res->loads[comp];
 }
 
+int pipeline_t5_quantised_kept(const sd3_ctx *ctx) { return ctx && ctx->res ? ctx->res->t5q_made : -1; }
+
 sd3_status sd3_load(sd3_ctx *ctx, const sd3_model_params *mp) {
     sd3_err_clear(&ctx->err);
     pipeline_unload(ctx);

@@ -19,6 +19,8 @@ struct sd3_ctx {
  * sd3_load; -1 without a loaded model. With keep_loaded each is opened at most once; without, once per
  * generation (the VAE twice for img2img: encode, then decode). For tests and servers. */
 int pipeline_component_loads(const sd3_ctx *ctx, int comp);
+/* How many times a keep_loaded context stored a T5 quantised at load (-1 without a model). */
+int pipeline_t5_quantised_kept(const sd3_ctx *ctx);
 
 /* Validate a request (see sd3_gen_params_check); err names the parameter. */
 sd3_status gen_params_check(const sd3_gen_params *p, sd3_err *err);
