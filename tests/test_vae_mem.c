@@ -292,11 +292,67 @@ static void test_forward(const char *vae_dir) {
     vae_free(&m);
 }
 
+/* A line "Key:  N kB" of /proc/self/status in MB (-1 when unreadable). */
+static double status_mb(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = -1;
+    size_t n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, n)) kb = atof(line + n);
+    if (f) fclose(f);
+    return kb >= 0 ? kb / 1024.0 : -1;
+}
+
+/* Reset the peak-RSS mark (VmHWM) to the current RSS (Linux clear_refs 5); 0 on success. */
+static int rss_reset(void) {
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return -1;
+    int bad = fputs("5", f) < 0;
+    bad |= fclose(f) != 0;
+    return bad ? -1 : 0;
+}
+
+/* The memory the lean decode adds: the tiny VAE at 1024^2 pixels, whose largest activation is the
+ * 32-channel 1024^2 input of the last up block's first resnet (128 MB). The straightforward forward held
+ * three such buffers (and the materialised upsample); the lean one holds that input, its 16-channel
+ * shortcut (64 MB) and ~25 MB of band buffers, so the peak RSS it adds must stay under 2x the activation
+ * (the straightforward forward added over 3x). */
+static void test_decode_peak(const char *vae_dir) {
+#if defined(__SANITIZE_ADDRESS__)
+    (void)vae_dir;
+    printf("note: ASan build: peak RSS check skipped\n");
+#else
+    vae_model m;
+    sd3_err err = {0};
+    if (vae_open_dir(&m, vae_dir, &err) != SD3_OK) return;
+    int h = 128, w = 128, f = vae_downscale(&m.cfg), L = m.cfg.latent_channels, n = m.cfg.n_levels;
+    size_t nz = (size_t)L * h * w, ni = (size_t)3 * h * f * w * f;
+    float *z = frand(nz), *img = sd3_malloc(sizeof(float) * ni);
+    memset(img, 0, sizeof(float) * ni);   /* touched before the mark: the output is the caller's */
+    double biggest = (double)m.cfg.block_out_channels[n > 1 ? 1 : 0] * h * f * w * f * sizeof(float) / 1048576.0;
+    double rss0 = status_mb("VmRSS:");
+    if (rss_reset() != 0 || rss0 < 0) {
+        printf("note: cannot reset the peak RSS mark: peak check skipped\n");
+    } else {
+        CHECK(vae_decode(&m, z, 1, L, h, w, img, NULL, &err) == SD3_OK, "decode: %s", err.msg);
+        double added = status_mb("VmHWM:") - rss0;
+        CHECK(added <= 2.0 * biggest, "1024^2 tiny decode added %.0f MB of peak RSS (largest activation %.0f MB)", added,
+              biggest);
+        if (getenv("SD3_TEST_VERBOSE")) printf("  tiny 1024^2 decode: +%.0f MB peak RSS, largest activation %.0f MB\n", added, biggest);
+    }
+    sd3_free(z);
+    sd3_free(img);
+    vae_free(&m);
+#endif
+}
+
 int main(void) {
     test_conv_upsample();
     const char *root = getenv("SD3_GOLDEN") ? getenv("SD3_GOLDEN") : "../shared/golden";
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tiny-sd3/vae", root);
     test_forward(dir);
+    test_decode_peak(dir);
     TEST_MAIN_END("test_vae_mem");
 }
