@@ -8,7 +8,9 @@
  * normalised in place, the 3x3 convs whose output fits in their input's buffer write over it in bands
  * (conv3_inplace), and Upsample2D's conv reads the small tensor through conv2d_params.up instead of a
  * materialised 4x copy. All of it is bit-identical to the straightforward order: every output value is
- * the same dot product with the same operands.
+ * the same dot product with the same operands. SD3 VAE decode, bf16 products, peak RSS with ~110 MB of
+ * weights: 512^2 779 -> 528 MB, 1024^2 2816 -> 1685 MB (the peak is the last up block's first resnet:
+ * its 256-channel 1024^2 input, 1 GB, plus its 128-channel shortcut, 512 MB), 2048^2 tiled 2977 -> 1731 MB.
  */
 #include <math.h>
 #include <string.h>
@@ -25,7 +27,7 @@ typedef struct vae_run {
     int N, G;                    /* batch, GroupNorm groups */
     int band_rows;               /* rows per band of the in-place convs (0: from VAE_BAND_FLOATS) */
     int failed;                  /* an allocation failed (the forward returns SD3_ERR_NOMEM) */
-    size_t live, peak;           /* activation floats allocated now / at most */
+    size_t live;                 /* floats allocated now (activations, scratch, the spare) */
     float *band;                 /* the in-place convs' band buffers, grown as needed, freed by run_end */
     size_t band_n;
     float *spare;                /* the last activation dropped, kept for an act_new of about its size */
@@ -67,7 +69,6 @@ static float *run_alloc(vae_run *r, size_t n) {
         return NULL;
     }
     r->live += n;
-    if (r->live > r->peak) r->peak = r->live;
     return p;
 }
 
