@@ -571,16 +571,17 @@ static void test_conv_case(conv2d_params p, dtype wdt, int with_bias, int bf16) 
 static void test_conv(int bf16) {
     /* N, Cin, H, W, Cout, kh, kw, stride, pad t, b, l, r */
     static const conv2d_params cases[] = {
-        {2, 5, 7, 9, 6, 1, 1, 1, 0, 0, 0, 0},      /* 1x1 */
-        {1, 3, 11, 13, 8, 3, 3, 1, 1, 1, 1, 1},    /* 3x3 same */
-        {1, 4, 16, 16, 4, 3, 3, 2, 0, 1, 0, 1},    /* VAE downsample: stride 2, pad (0,1,0,1) */
-        {1, 3, 9, 15, 5, 3, 3, 2, 1, 1, 1, 1},     /* stride 2 odd sizes */
-        {2, 2, 6, 7, 3, 2, 3, 1, 1, 0, 2, 1},      /* 2x3 kernel, asymmetric padding */
-        {1, 32, 40, 40, 40, 3, 3, 1, 1, 1, 1, 1},  /* larger */
-        {1, 16, 1, 1, 7, 3, 3, 1, 1, 1, 1, 1},     /* 1x1 image */
-        {1, 3, 5, 70, 2, 3, 3, 1, 0, 0, 0, 0},     /* valid, wide */
-        {1, 40, 12, 12, 33, 1, 1, 1, 0, 0, 0, 0},  /* 1x1 with many channels */
-        {1, 8, 10, 10, 4, 1, 1, 2, 0, 0, 0, 0},    /* 1x1 stride 2 */
+        {2, 5, 7, 9, 6, 1, 1, 1, 0, 0, 0, 0, 0},      /* 1x1 */
+        {1, 3, 11, 13, 8, 3, 3, 1, 1, 1, 1, 1, 0},    /* 3x3 same */
+        {1, 4, 16, 16, 4, 3, 3, 2, 0, 1, 0, 1, 0},    /* VAE downsample: stride 2, pad (0,1,0,1) */
+        {1, 3, 9, 15, 5, 3, 3, 2, 1, 1, 1, 1, 0},     /* stride 2 odd sizes */
+        {2, 2, 6, 7, 3, 2, 3, 1, 1, 0, 2, 1, 0},      /* 2x3 kernel, asymmetric padding */
+        {1, 32, 40, 40, 40, 3, 3, 1, 1, 1, 1, 1, 0},  /* larger */
+        {1, 16, 1, 1, 7, 3, 3, 1, 1, 1, 1, 1, 0},     /* 1x1 image */
+        {1, 3, 5, 70, 2, 3, 3, 1, 0, 0, 0, 0, 0},     /* valid, wide */
+        {1, 40, 12, 12, 33, 1, 1, 1, 0, 0, 0, 0, 0},  /* 1x1 with many channels */
+        {1, 8, 10, 10, 4, 1, 1, 2, 0, 0, 0, 0, 0},    /* 1x1 stride 2 */
+        {1, 6, 5, 7, 4, 3, 3, 1, 1, 1, 1, 1, 2},      /* nearest 2x upsample folded into the conv */
     };
     dtype dts[3] = {DT_F32, DT_F16, DT_BF16};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
