@@ -690,9 +690,30 @@ static void test_linear_gelu(void) {
         }
 }
 
+/* k_layernorm_modulate equals k_layernorm then k_modulate bit for bit (rows beyond one 16-row block and
+ * a split over the pool included), and its ref twin is the refs' composition. */
+static void test_layernorm_modulate(void) {
+    const int shapes[3][2] = {{1, 8}, {37, 100}, {300, 1536}};
+    for (int s = 0; s < 3; s++) {
+        int R = shapes[s][0], C = shapes[s][1];
+        float *x = frandv((size_t)R * C, -3, 3), *sh = frandv((size_t)C, -1, 1), *sc = frandv((size_t)C, -1, 1);
+        float *y = fzeros((size_t)R * C), *want = fzeros((size_t)R * C), *yr = fzeros((size_t)R * C), *wr = fzeros((size_t)R * C);
+        k_layernorm(want, x, NULL, NULL, R, C, 1e-6f);
+        k_modulate(want, want, sh, sc, R, C);
+        k_layernorm_modulate(y, x, sh, sc, R, C, 1e-6f);
+        CHECK(!memcmp(y, want, sizeof(float) * (size_t)R * C), "layernorm_modulate %dx%d differs from layernorm + modulate", R, C);
+        k_layernorm_ref(wr, x, NULL, NULL, R, C, 1e-6f);
+        k_modulate_ref(wr, wr, sh, sc, R, C);
+        k_layernorm_modulate_ref(yr, x, sh, sc, R, C, 1e-6f);
+        CHECK(!memcmp(yr, wr, sizeof(float) * (size_t)R * C), "layernorm_modulate_ref %dx%d differs from the refs", R, C);
+        sd3_free(x); sd3_free(sh); sd3_free(sc); sd3_free(y); sd3_free(want); sd3_free(yr); sd3_free(wr);
+    }
+}
+
 static void test_all_ops(void) {
     test_linear(0);
     test_linear_gelu();
+    test_layernorm_modulate();
     test_matmul(0);
     test_attention();
     test_softmax();

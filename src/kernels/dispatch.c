@@ -326,6 +326,27 @@ static void gated_rows(void *c, size_t r0, size_t r1) {
     k_gated_add_ref(s->y + off, s->x + off, s->a, (int)(r1 - r0), s->C);
 }
 
+/* LayerNorm + modulate of rows [r0, r1), 16 rows at a time so the modulate reads what the norm just wrote
+ * from cache. */
+typedef struct { float *y; const float *x, *shift, *scale; int C; float eps; const kc_isa *isa; } lnmod_ctx;
+static void lnmod_rows(void *c, size_t r0, size_t r1) {
+    lnmod_ctx *s = c;
+    for (size_t a = r0; a < r1; a += 16) {
+        int n = (int)(r1 - a < 16 ? r1 - a : 16);
+        int64_t off = (int64_t)a * s->C;
+        if (s->isa->layernorm) s->isa->layernorm(s->y + off, s->x + off, NULL, NULL, n, s->C, s->eps);
+        else k_layernorm_ref(s->y + off, s->x + off, NULL, NULL, n, s->C, s->eps);
+        k_modulate_ref(s->y + off, s->y + off, s->shift, s->scale, n, s->C);
+    }
+}
+
+void k_layernorm_modulate(float *y, const float *x, const float *shift, const float *scale, int rows, int C, float eps) {
+    const kc_isa *isa = pick();
+    if (!isa) { k_layernorm_modulate_ref(y, x, shift, scale, rows, C, eps); return; }
+    lnmod_ctx c = {y, x, shift, scale, C, eps, isa};
+    par_range((size_t)rows, (size_t)C * 8, 1, lnmod_rows, &c);
+}
+
 /* Rows split over the pool. */
 void k_modulate(float *y, const float *x, const float *shift, const float *scale, int rows, int C) {
     if (!pick()) { k_modulate_ref(y, x, shift, scale, rows, C); return; }

@@ -104,6 +104,10 @@ void k_axpy(float *y, float a, const float *x, size_t n);                  /* y 
 /* adaLN modulation per row: y[r, c] = x[r, c] * (1 + scale[c]) + shift[c] for rows r of C channels. */
 void k_modulate(float *y, const float *x, const float *shift, const float *scale, int rows, int C);
 void k_modulate_ref(float *y, const float *x, const float *shift, const float *scale, int rows, int C);
+/* y = LayerNorm(x) (no affine, biased variance) * (1 + scale) + shift: k_layernorm then k_modulate, done on
+ * blocks of rows while they are in cache (the same values, one pass over memory less). */
+void k_layernorm_modulate(float *y, const float *x, const float *shift, const float *scale, int rows, int C, float eps);
+void k_layernorm_modulate_ref(float *y, const float *x, const float *shift, const float *scale, int rows, int C, float eps);
 /* Gated residual per row: y[r, c] += gate[c] * x[r, c]. */
 void k_gated_add(float *y, const float *x, const float *gate, int rows, int C);
 void k_gated_add_ref(float *y, const float *x, const float *gate, int rows, int C);

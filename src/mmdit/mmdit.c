@@ -160,15 +160,19 @@ static void joint_block(const mmdit_model *m, const mmdit_block *bl, int i, cons
      * gate (mlp) [, shift2, scale2, gate2]; last-block text chunks scale, shift (AdaLayerNormContinuous). */
     linear(a->modx, a->stemb, &bl->norm1_linear, B, nx * C, C);
     linear(a->modc, a->stemb, &bl->norm1_context_linear, B, nc * C, C);
-    k_layernorm(a->xn, a->x, NULL, NULL, B * Tx, C, MMDIT_EPS);
-    k_layernorm(a->cn, a->c, NULL, NULL, B * Tc, C, MMDIT_EPS);
+    if (bl->dual) k_layernorm(a->xn, a->x, NULL, NULL, B * Tx, C, MMDIT_EPS);  /* two modulations of one norm */
     for (int b = 0; b < B; b++) {
         const float *mx = a->modx + (int64_t)b * nx * C, *mc = a->modc + (int64_t)b * nc * C;
         float *xn = a->xn + (int64_t)b * Tx * C, *cn = a->cn + (int64_t)b * Tc * C;
-        if (bl->dual) k_modulate(a->xn2 + (int64_t)b * Tx * C, xn, mx + 6 * C, mx + 7 * C, Tx, C);
-        k_modulate(xn, xn, mx, mx + C, Tx, C);
-        if (bl->context_pre_only) k_modulate(cn, cn, mc + C, mc, Tc, C);
-        else k_modulate(cn, cn, mc, mc + C, Tc, C);
+        const float *xb = a->x + (int64_t)b * Tx * C, *cb = a->c + (int64_t)b * Tc * C;
+        if (bl->dual) {
+            k_modulate(a->xn2 + (int64_t)b * Tx * C, xn, mx + 6 * C, mx + 7 * C, Tx, C);
+            k_modulate(xn, xn, mx, mx + C, Tx, C);
+        } else {
+            k_layernorm_modulate(xn, xb, mx, mx + C, Tx, C, MMDIT_EPS);
+        }
+        if (bl->context_pre_only) k_layernorm_modulate(cn, cb, mc + C, mc, Tc, C, MMDIT_EPS);
+        else k_layernorm_modulate(cn, cb, mc, mc + C, Tc, C, MMDIT_EPS);
     }
     emit_block(hook, i, "norm1_hidden", a->xn, (int64_t)B * Tx * C);
     emit_block(hook, i, "norm1_context", a->cn, (int64_t)B * Tc * C);
@@ -229,10 +233,9 @@ static void joint_block(const mmdit_model *m, const mmdit_block *bl, int i, cons
     }
 
     /* Image FF: x += gate_mlp * FF(LN(x) (1 + scale_mlp) + shift_mlp). */
-    k_layernorm(a->xn, a->x, NULL, NULL, B * Tx, C, MMDIT_EPS);
     for (int b = 0; b < B; b++) {
         const float *mx = a->modx + (int64_t)b * nx * C;
-        k_modulate(a->xn + (int64_t)b * Tx * C, a->xn + (int64_t)b * Tx * C, mx + 3 * C, mx + 4 * C, Tx, C);
+        k_layernorm_modulate(a->xn + (int64_t)b * Tx * C, a->x + (int64_t)b * Tx * C, mx + 3 * C, mx + 4 * C, Tx, C, MMDIT_EPS);
     }
     linear_gelu(a->ffh, a->xn, &bl->ff_net_0_proj, B * Tx, F, C);
     linear(a->ax, a->ffh, &bl->ff_net_2, B * Tx, C, F);
@@ -246,10 +249,9 @@ static void joint_block(const mmdit_model *m, const mmdit_block *bl, int i, cons
     for (int b = 0; b < B; b++)
         k_gated_add(a->c + (int64_t)b * Tc * C, a->ac + (int64_t)b * Tc * C, a->modc + (int64_t)b * nc * C + 2 * C,
                     Tc, C);
-    k_layernorm(a->cn, a->c, NULL, NULL, B * Tc, C, MMDIT_EPS);
     for (int b = 0; b < B; b++) {
         const float *mc = a->modc + (int64_t)b * nc * C;
-        k_modulate(a->cn + (int64_t)b * Tc * C, a->cn + (int64_t)b * Tc * C, mc + 3 * C, mc + 4 * C, Tc, C);
+        k_layernorm_modulate(a->cn + (int64_t)b * Tc * C, a->c + (int64_t)b * Tc * C, mc + 3 * C, mc + 4 * C, Tc, C, MMDIT_EPS);
     }
     linear_gelu(a->ffh, a->cn, &bl->ff_context_net_0_proj, B * Tc, F, C);
     linear(a->ac, a->ffh, &bl->ff_context_net_2, B * Tc, C, F);

@@ -189,6 +189,11 @@ void k_modulate_ref(float *y, const float *x, const float *shift, const float *s
         }
 }
 
+void k_layernorm_modulate_ref(float *y, const float *x, const float *shift, const float *scale, int rows, int C, float eps) {
+    k_layernorm_ref(y, x, NULL, NULL, rows, C, eps);
+    k_modulate_ref(y, y, shift, scale, rows, C);
+}
+
 void k_gated_add_ref(float *y, const float *x, const float *gate, int rows, int C) {
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < C; c++) y[(int64_t)r * C + c] += gate[c] * x[(int64_t)r * C + c];
