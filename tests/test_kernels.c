@@ -710,9 +710,41 @@ static void test_layernorm_modulate(void) {
     }
 }
 
+/* k_linear_multi (GEMMs sharing the input's packing, run as one job) gives exactly one k_linear each:
+ * equal and unequal N, bias and none, small M (the streamed path), F32 / BF16 weights. */
+static void test_linear_multi(void) {
+    const int cases[4][5] = {{37, 3, 96, 96, 96}, {130, 2, 100, 33, 0}, {3, 3, 40, 70, 5}, {700, 4, 64, 64, 64}};
+    for (int c = 0; c < 4; c++)
+        for (int d = 0; d < 2; d++) {
+            int M = cases[c][0], n = cases[c][1], K = c == 3 ? 1536 : 257, N[4];
+            tensor W[4], bt[4];
+            float *y[4], *want[4], *x = frandv((size_t)M * K, -1, 1);
+            const tensor *Wp[4], *bp[4];
+            for (int i = 0; i < n; i++) {
+                N[i] = cases[c][2 + (i < 3 ? i : 0)];
+                if (N[i] == 0) N[i] = 17;
+                W[i] = rand_tensor(d ? DT_BF16 : DT_F32, N[i], K, -1, 1);
+                bt[i] = rand_tensor(DT_F32, 1, N[i], -1, 1);
+                Wp[i] = &W[i];
+                bp[i] = i == 1 ? NULL : &bt[i];
+                y[i] = fzeros((size_t)M * N[i]);
+                want[i] = fzeros((size_t)M * N[i]);
+                k_linear(want[i], x, &W[i], bp[i], M, N[i], K);
+            }
+            k_linear_multi(n, y, x, Wp, bp, M, N, K);
+            for (int i = 0; i < n; i++) {
+                CHECK(!memcmp(y[i], want[i], sizeof(float) * (size_t)M * N[i]), "linear_multi M=%d n=%d output %d (N=%d, K=%d, %s) differs from k_linear",
+                      M, n, i, N[i], K, dtn(W[i].dt));
+                tensor_free(&W[i]); tensor_free(&bt[i]); sd3_free(y[i]); sd3_free(want[i]);
+            }
+            sd3_free(x);
+        }
+}
+
 static void test_all_ops(void) {
     test_linear(0);
     test_linear_gelu();
+    test_linear_multi();
     test_layernorm_modulate();
     test_matmul(0);
     test_attention();
@@ -756,6 +788,7 @@ int main(void) {
     test_conv(1);
     test_attention();
     test_linear_gelu();
+    test_linear_multi();
     printf("bf16 precision mode (linear BF16: %s, attention: %s): %s\n", k_linear_variant(DT_BF16), k_attention_variant(),
            t_failed == before ? "ok" : "FAILURES");
     k_set_precision(0);

@@ -266,6 +266,19 @@ void kc_act_rows(const kc_isa *isa, int kind, float *y, const float *x, size_t n
     act_range(&c, 0, n);
 }
 
+/* n linears on one input x (q, k and v of an attention): in the fast path one job whose GEMMs share the
+ * packing (bf16: the conversion) of x; each y[i] is exactly what k_linear gives. Quantised weights or
+ * the refs: one k_linear each. */
+void k_linear_multi(int n, float *const y[], const float *x, const tensor *const W[], const tensor *const b[], int M, const int N[],
+                    int K) {
+    const kc_isa *isa = pick();
+    int plain = isa && n >= 1 && n <= KC_MULTI_MAX;
+    for (int i = 0; i < n; i++)
+        if (W[i]->dt == DT_Q8 || W[i]->dt == DT_Q4) plain = 0;
+    if (plain) { kc_linear_multi(isa, use_bf16(isa), n, y, x, W, b, M, N, K); return; }
+    for (int i = 0; i < n; i++) k_linear(y[i], x, W[i], b ? b[i] : NULL, M, N[i], K);
+}
+
 /* y = gelu_tanh(x W^T + b): the activation runs on each output tile as the GEMM finishes it (while it is
  * in cache) instead of as a second pass over y; the same values as k_linear then k_gelu_tanh. */
 void k_linear_gelu_tanh(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K) {

@@ -19,6 +19,10 @@
 
 /* y[M,N] = x[M,K] · W[N,K]^T (+ b[N]); W and b any float dtype (b may be NULL). y must not alias x. */
 void k_linear(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);
+/* n (1..4) linears y[i] = x W[i]^T + b[i] (b or b[i] may be NULL) on one input: the same values as n k_linear
+ * calls; x is packed (bf16 mode: converted) once for all of them. */
+void k_linear_multi(int n, float *const y[], const float *x, const tensor *const W[], const tensor *const b[], int M, const int N[],
+                    int K);
 /* y = gelu_tanh(x W^T + b) with the activation fused into the product's tile epilogue (same values as
  * k_linear then k_gelu_tanh; one pass less over y). */
 void k_linear_gelu_tanh(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);

@@ -65,6 +65,19 @@ static void linear(float *y, const float *x, const mmdit_linear *l, int M, int N
     if (l->lora) linear_lora(y, x, l->lora, M, N, K);
 }
 
+/* q, k, v = three linears of one input x [M, K] (N = K each): one GEMM job sharing x's packing, then
+ * each one's LoRA deltas, if any. */
+static void linear_qkv(float *q, float *k, float *v, const float *x, const mmdit_linear *lq, const mmdit_linear *lk,
+                       const mmdit_linear *lv, int M, int K) {
+    float *const y[3] = {q, k, v};
+    const tensor *const W[3] = {&lq->weight, &lk->weight, &lv->weight}, *const b[3] = {&lq->bias, &lk->bias, &lv->bias};
+    const int N[3] = {K, K, K};
+    k_linear_multi(3, y, x, W, b, M, N, K);
+    const mmdit_linear *l[3] = {lq, lk, lv};
+    for (int i = 0; i < 3; i++)
+        if (l[i]->lora) linear_lora(y[i], x, l[i]->lora, M, K, K);
+}
+
 /* y = gelu_tanh(linear(x)): fused into the product's epilogue unless LoRA deltas must land first. */
 static void linear_gelu(float *y, const float *x, const mmdit_linear *l, int M, int N, int K) {
     if (!l->lora) { k_linear_gelu_tanh(y, x, &l->weight, &l->bias, M, N, K); return; }
@@ -181,12 +194,8 @@ static void joint_block(const mmdit_model *m, const mmdit_block *bl, int i, cons
     for (int b = 0; b < B; b++) {
         const float *xn = a->xn + (int64_t)b * Tx * C, *cn = a->cn + (int64_t)b * Tc * C;
         int64_t bo = (int64_t)b * T * C, co = bo + (int64_t)Tx * C;
-        linear(a->q + bo, xn, &bl->attn_to_q, Tx, C, C);
-        linear(a->k + bo, xn, &bl->attn_to_k, Tx, C, C);
-        linear(a->v + bo, xn, &bl->attn_to_v, Tx, C, C);
-        linear(a->q + co, cn, &bl->attn_add_q_proj, Tc, C, C);
-        linear(a->k + co, cn, &bl->attn_add_k_proj, Tc, C, C);
-        linear(a->v + co, cn, &bl->attn_add_v_proj, Tc, C, C);
+        linear_qkv(a->q + bo, a->k + bo, a->v + bo, xn, &bl->attn_to_q, &bl->attn_to_k, &bl->attn_to_v, Tx, C);
+        linear_qkv(a->q + co, a->k + co, a->v + co, cn, &bl->attn_add_q_proj, &bl->attn_add_k_proj, &bl->attn_add_v_proj, Tc, C);
         if (m->cfg.qk_norm) {
             qk_norm(a->q + bo, &bl->attn_norm_q, Tx, d);
             qk_norm(a->k + bo, &bl->attn_norm_k, Tx, d);
@@ -214,9 +223,7 @@ static void joint_block(const mmdit_model *m, const mmdit_block *bl, int i, cons
 
     /* MMDiT-X: x += gate_msa2 * attn2(norm2 input), image-only self-attention. */
     if (bl->dual) {
-        linear(a->q, a->xn2, &bl->attn2_to_q, B * Tx, C, C);
-        linear(a->k, a->xn2, &bl->attn2_to_k, B * Tx, C, C);
-        linear(a->v, a->xn2, &bl->attn2_to_v, B * Tx, C, C);
+        linear_qkv(a->q, a->k, a->v, a->xn2, &bl->attn2_to_q, &bl->attn2_to_k, &bl->attn2_to_v, B * Tx, C);
         if (m->cfg.qk_norm) {
             qk_norm(a->q, &bl->attn2_norm_q, B * Tx, d);
             qk_norm(a->k, &bl->attn2_norm_k, B * Tx, d);

@@ -146,8 +146,12 @@ const kc_isa *kc_isa_portable(void) { return &g_portable; }
 
 typedef struct gemm_job {
     const kc_isa *isa;
-    const kc_gemm *g;
-    int NC, MC, n_nblk, n_mblk, KCb;
+    const kc_gemm *g;             /* gs[0]: the A, M and K all of them share */
+    const kc_gemm *gs;
+    int ng;
+    int NC, MC, n_mblk, KCb;
+    int n_nblk[KC_MULTI_MAX];     /* column blocks of each GEMM */
+    int task0[KC_MULTI_MAX + 1];  /* first task of each GEMM */
     float *scratch;               /* per thread: B block then A sliver (F32), then bf16 copies */
     size_t scratch_per_thread;    /* floats */
     uint32_t *Aall;               /* bf16 mode: all of A as bf16 pairs */
@@ -202,13 +206,15 @@ static void tile_act(const kc_isa *isa, int act, float *C, int64_t ldc, int mr, 
     for (int i = 0; i < mr; i++) kc_act_rows(isa, act - 1, C + i * ldc, C + i * ldc, (size_t)nr);
 }
 
-/* One task: column block nb x row block mb, all of K. */
+/* One task: column block nb x row block mb of one of the GEMMs, all of K. */
 static void gemm_task(void *arg, int task, int thread) {
     gemm_job *j = arg;
-    const kc_gemm *g = j->g;
+    int gi = 0;
+    while (task >= j->task0[gi + 1]) gi++;
+    const kc_gemm *g = j->gs + gi;
     const kc_isa *isa = j->isa;
     int MR = isa->MR, NR = isa->NR;
-    int nb = task % j->n_nblk, mb = task / j->n_nblk;
+    int local = task - j->task0[gi], nb = local % j->n_nblk[gi], mb = local / j->n_nblk[gi];
     int n0 = nb * j->NC, n1 = n0 + j->NC < g->N ? n0 + j->NC : g->N;
     int m0 = mb * j->MC, m1 = m0 + j->MC < g->M ? m0 + j->MC : g->M;
     float *Bp = j->scratch + j->scratch_per_thread * (size_t)thread;
@@ -265,31 +271,51 @@ static void gemm_task(void *arg, int task, int thread) {
     }
 }
 
-/* See kcpu.h: choose the block sizes (at least two tasks per thread), allocate per-thread packing
- * scratch, convert A once in the bf16 mode, and run the tasks over the pool. */
-void kc_gemm_run(const kc_isa *isa, const kc_gemm *g) {
-    if (g->M <= 0 || g->N <= 0) return;
+/* Column blocks of all the GEMMs for a block width NC. */
+static int total_nblk(const kc_gemm *gs, int ng, int NC) {
+    int t = 0;
+    for (int i = 0; i < ng; i++) t += (gs[i].N + NC - 1) / NC;
+    return t;
+}
+
+/* See kcpu.h: choose the block sizes (at least two tasks per thread over all the GEMMs), allocate
+ * per-thread packing scratch, convert the shared A once in the bf16 mode, and run the tasks (every GEMM's
+ * column blocks x row blocks) over the pool. */
+void kc_gemm_run_multi(const kc_isa *isa, const kc_gemm *gs, int ng) {
+    SD3_ASSERT(ng >= 1 && ng <= KC_MULTI_MAX);
+    const kc_gemm *g = gs;
+    int maxN = 0;
+    for (int i = 0; i < ng; i++) {
+        SD3_ASSERT(gs[i].M == g->M && gs[i].K == g->K && gs[i].pack_a == g->pack_a && gs[i].actx == g->actx && gs[i].bf16 == g->bf16);
+        if (gs[i].N > maxN) maxN = gs[i].N;
+    }
+    if (g->M <= 0 || maxN <= 0) return;
     gemm_tune();
     int nt = pool_threads();
     int MR = isa->MR, NR = isa->NR;
     int KCb = (g->K + 15) / 16 * 16;             /* a multiple of 16 (keeps every packed block 64-byte aligned) */
     if (KCb > KC_BLOCK) KCb = KC_BLOCK;          /* and no longer than K needs */
     if (KCb < 16) KCb = 16;
-    gemm_job j = {.isa = isa, .g = g, .KCb = KCb};
+    gemm_job j = {.isa = isa, .g = g, .gs = gs, .ng = ng, .KCb = KCb};
     /* column blocks: NC_BLOCK, shrunk (in NR steps) until there are >= 2 tasks per thread */
     int NC = (NC_BLOCK + NR - 1) / NR * NR;   /* whole slivers: the B block holds NC/NR of them */
-    if (NC > (g->N + NR - 1) / NR * NR) NC = (g->N + NR - 1) / NR * NR;
-    while (NC > NR && (g->N + NC - 1) / NC < 2 * nt) NC -= NR;
+    if (NC > (maxN + NR - 1) / NR * NR) NC = (maxN + NR - 1) / NR * NR;
+    while (NC > NR && total_nblk(gs, ng, NC) < 2 * nt) NC -= NR;
     j.NC = NC;
-    j.n_nblk = (g->N + NC - 1) / NC;
+    int nblk = total_nblk(gs, ng, NC);
     /* row blocks: all of M unless more tasks are needed */
-    int want_m = (2 * nt + j.n_nblk - 1) / j.n_nblk;
+    int want_m = (2 * nt + nblk - 1) / nblk;
     int MC = (g->M + want_m - 1) / want_m;
     MC = (MC + MR - 1) / MR * MR;
     if (MC < MR) MC = MR;
     j.MC = MC;
     j.n_mblk = (g->M + MC - 1) / MC;
-    int ntask = j.n_nblk * j.n_mblk;
+    j.task0[0] = 0;
+    for (int i = 0; i < ng; i++) {
+        j.n_nblk[i] = gs[i].N > 0 ? (gs[i].N + NC - 1) / NC : 0;
+        j.task0[i + 1] = j.task0[i] + j.n_nblk[i] * j.n_mblk;
+    }
+    int ntask = j.task0[ng];
     int nthr = nt < ntask ? nt : ntask;
     /* scratch per thread: B block + A sliver in F32, the same again as bf16 pairs (half the words) */
     size_t per = (size_t)NC * j.KCb + (size_t)MR * j.KCb;
@@ -309,6 +335,9 @@ void kc_gemm_run(const kc_isa *isa, const kc_gemm *g) {
     sd3_free(j.Aall);
     sd3_free(j.scratch);
 }
+
+/* See kcpu.h: one GEMM. */
+void kc_gemm_run(const kc_isa *isa, const kc_gemm *g) { kc_gemm_run_multi(isa, g, 1); }
 
 /* ---- front ends -------------------------------------------------------------------------------- */
 
@@ -350,6 +379,27 @@ void kc_linear(const kc_isa *isa, int bf16, int act, float *y, const float *x, c
         kc_gemm_run(isa, &g);
     }
     sd3_free(bias);
+}
+
+/* See kcpu.h: n linears on one input; the blocked GEMMs share A's packing (bf16: its conversion). */
+void kc_linear_multi(const kc_isa *isa, int bf16, int n, float *const *y, const float *x, const tensor *const *W,
+                     const tensor *const *b, int M, const int *N, int K) {
+    SD3_ASSERT(n >= 1 && n <= KC_MULTI_MAX);
+    if (M <= 4) { /* memory-bound small M: nothing to share */
+        for (int i = 0; i < n; i++) kc_linear(isa, bf16, 0, y[i], x, W[i], b ? b[i] : NULL, M, N[i], K);
+        return;
+    }
+    kc_rows a = {.t = NULL, .f32 = x, .ld = K}, w[KC_MULTI_MAX];
+    kc_gemm gs[KC_MULTI_MAX];
+    float *bias[KC_MULTI_MAX];
+    for (int i = 0; i < n; i++) {
+        bias[i] = bias_f32(isa, b ? b[i] : NULL, N[i]);
+        w[i] = (kc_rows){.t = W[i], .f32 = NULL, .ld = K};
+        gs[i] = (kc_gemm){.M = M, .N = N[i], .K = K, .pack_a = kc_pack_rows, .actx = &a, .pack_b = kc_pack_rows, .bctx = &w[i],
+                          .C = y[i], .ldc = N[i], .bias_n = bias[i], .bias_m = NULL, .bf16 = bf16};
+    }
+    kc_gemm_run_multi(isa, gs, n);
+    for (int i = 0; i < n; i++) sd3_free(bias[i]);
 }
 
 /* Batched F32 matmul: one blocked GEMM per batch item (B packed by rows when transB, else by columns). */

@@ -73,6 +73,11 @@ typedef struct kc_gemm {
 
 /* Run one GEMM over the thread pool (or serially when called from inside a pool task). */
 void kc_gemm_run(const kc_isa *isa, const kc_gemm *g);
+/* Run ng (<= KC_MULTI_MAX) GEMMs that share A (same M, K, pack_a, actx, bf16) as one pool job: A is packed
+ * (bf16: converted) once, and the tasks of all of them balance together. Each C is what kc_gemm_run
+ * alone gives, bit for bit (blocking never changes an element's sum). */
+#define KC_MULTI_MAX 4
+void kc_gemm_run_multi(const kc_isa *isa, const kc_gemm *gs, int ng);
 
 /* Packer for a row-major [rows, K] matrix of any float dtype (x or W of a linear, conv weights). */
 typedef struct kc_rows { const tensor *t; const float *f32; int64_t ld; } kc_rows;
@@ -89,6 +94,9 @@ const float *kc_f8_lut(dtype dt);
 /* Front ends used by dispatch.c. */
 /* act: 0 none, else 1 + KC_ACT_* applied to y (fused into the GEMM's tile epilogue). */
 void kc_linear(const kc_isa *isa, int bf16, int act, float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);
+/* n (<= KC_MULTI_MAX) linears y[i] = x W[i]^T + b[i] on one input x [M, K] through kc_gemm_run_multi. */
+void kc_linear_multi(const kc_isa *isa, int bf16, int n, float *const *y, const float *x, const tensor *const *W,
+                     const tensor *const *b, int M, const int *N, int K);
 /* The activation kind (KC_ACT_*) over n floats with the ISA's vector form, else the ref (y may equal x). */
 void kc_act_rows(const kc_isa *isa, int kind, float *y, const float *x, size_t n);
 void kc_matmul(const kc_isa *isa, int bf16, float *C, const float *A, const float *B, int batch, int M, int N, int K, int transB);
