@@ -73,8 +73,11 @@ static void usage_generate(FILE *f) {
             "      --clip-skip N         CLIP layers to skip (default 0)\n"
             "      --max-sequence-length N  T5 tokens (default %d)\n"
             "      --slg-scale X --skip-layers a,b --slg-start X --slg-stop X   skip-layer guidance\n"
-            "      --init-img FILE --strength X   image-to-image (strength in (0, 1], default %.1f)\n"
-            "      --mask FILE           inpainting mask (with --init-img)\n"
+            "      --init-img FILE --strength X   image-to-image (strength in (0, 1], default %.1f); with -W/-H\n"
+            "                            the image is resized to that size as diffusers does (Pillow's LANCZOS,\n"
+            "                            bit-exact); without them its own size is used (diffusers would make 1024x1024)\n"
+            "      --mask FILE           inpainting mask (with --init-img; white = repaint): resized to the image's\n"
+            "                            size the same way, then grayscale and binarised at 0.5, as diffusers does\n"
             "      --latents FILE        initial latents (.safetensors, tensor 'latents')\n"
             "      --save-latents FILE   write the final latents (.safetensors)\n"
             "  -o, --output FILE         PNG to write (default output.png; %%d for batches)\n"
@@ -433,13 +436,18 @@ static int cmd_generate(int argc, char **argv) {
         gp.seed = ((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)getpid()) & 0xffffffffu;
     }
     if (gp.init_image) {
-        /* read the init image now: a bad one is reported before any work; without -W/-H its size is used */
+        /* read the init image now: a bad one is reported before any work; without -W/-H its size is used,
+         * with them the pipeline resizes it (diffusers' LANCZOS resize, pipeline.c) */
         image im;
         sd3_err err = {0};
         if (image_load(&im, gp.init_image, &err) != SD3_OK) die(1, "--init-img: %s", err.msg);
-        if (!set_w) gp.width = im.w;
-        if (!set_h) gp.height = im.h;
+        int iw = im.w, ih = im.h;
         image_free(&im);
+        if (!set_w) gp.width = iw;
+        if (!set_h) gp.height = ih;
+        if ((!set_w && iw % 16) || (!set_h && ih % 16))
+            die(2, "--init-img: %s is %dx%d, not multiples of 16: give -W and -H to resize it (e.g. -W %d -H %d)", gp.init_image,
+                iw, ih, gp.width >= 16 ? gp.width / 16 * 16 : 16, gp.height >= 16 ? gp.height / 16 * 16 : 16);
     }
     if (count_pct_d(out) > 1 || strchr_other_pct(out)) die(2, "--output: only one %%d (the batch index) may appear in '%s'", out);
     char first[4096], pat[4096], lat_path[4096];

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 #include "io/image.h"
+#include "io/image_resize.h"
 #include "io/safetensors.h"
 #include "pipeline/components.h"
 #include "pipeline/generate.h"
@@ -89,17 +90,35 @@ static sd3_status read_latents(const char *path, int B, int C, int h, int w, flo
     return SD3_OK;
 }
 
-/* The inpainting mask as diffusers' mask_processor makes it: PIL convert("L") (L = (19595 R + 38470 G +
- * 7471 B + 0x8000) >> 16), / 255, binarised at 0.5 (1 = repaint). Its size must be the image's. */
-static sd3_status read_mask(const char *path, int W, int H, float **out, sd3_err *err) {
+/* Load an init image or mask (RGB, as diffusers' load_image gives it) at W x H: an image of another size
+ * is resized the way diffusers' VaeImageProcessor.preprocess(image, height=H, width=W) does it, PIL
+ * image.resize((W, H), Image.LANCZOS) on the 8-bit RGB image (image_resize.h, Pillow-exact). */
+static sd3_status load_at_size(const char *path, int W, int H, image *out, sd3_err *err) {
     image im;
     sd3_status s = image_load(&im, path, err);
     if (s) return s;
-    if (im.w != W || im.h != H) {
-        s = sd3_errf(err, SD3_ERR_INVALID_ARG, "%s: mask is %dx%d but the image is %dx%d", path, im.w, im.h, W, H);
-        image_free(&im);
-        return s;
+    if (im.w == W && im.h == H) {
+        *out = im;
+        return SD3_OK;
     }
+    s = image_resize(&im, W, H, out, err);
+    if (s) {
+        char msg[sizeof err->msg + 64];   /* the resize's message names both sizes */
+        snprintf(msg, sizeof msg, "%s: %s", path, err->msg);
+        sd3_errf(err, s, "%s", msg);
+    }
+    image_free(&im);
+    return s;
+}
+
+/* The inpainting mask as diffusers' mask_processor makes it: resized to the image's W x H like the image
+ * (load_at_size; the mask processor's resample is LANCZOS too, and it resizes before converting), then
+ * PIL convert("L") (L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16), / 255, binarised at 0.5
+ * (1 = repaint). A gray mask read as RGB (v, v, v) gives L = v, so this equals resizing it in mode L. */
+static sd3_status read_mask(const char *path, int W, int H, float **out, sd3_err *err) {
+    image im;
+    sd3_status s = load_at_size(path, W, H, &im, err);
+    if (s) return s;
     float *m = sd3_malloc(sizeof(float) * (size_t)W * H);
     if (!m) { image_free(&im); return sd3_errf(err, SD3_ERR_NOMEM, "out of memory"); }
     for (int64_t i = 0; i < (int64_t)W * H; i++) {
@@ -164,14 +183,7 @@ sd3_status sd3_generate(sd3_ctx *ctx, const sd3_gen_params *p, sd3_image *images
     r.latents_in = lat_in;
     if (p->init_image) {
         image im;
-        if ((s = image_load(&im, p->init_image, err))) { sd3_free(lat_in); return s; }
-        if (im.w != p->width || im.h != p->height) {
-            s = sd3_errf(err, SD3_ERR_INVALID_ARG, "%s: image is %dx%d but %dx%d was asked for (resize it, or leave -W/-H out)",
-                         p->init_image, im.w, im.h, p->width, p->height);
-            image_free(&im);
-            sd3_free(lat_in);
-            return s;
-        }
+        if ((s = load_at_size(p->init_image, p->width, p->height, &im, err))) { sd3_free(lat_in); return s; }
         init = sd3_malloc(sizeof(float) * 3 * (size_t)im.w * im.h);
         if (!init) { image_free(&im); sd3_free(lat_in); return sd3_errf(err, SD3_ERR_NOMEM, "out of memory"); }
         image_to_chw(&im, init);
