@@ -116,10 +116,12 @@ typedef struct sd3_gen_params {
     const int *skip_layers;     /* blocks skipped for the SLG pass */
     int n_skip_layers;
     float slg_start, slg_stop;  /* fractions of the steps where SLG applies (default 0.01, 0.2) */
-    const char *init_image;     /* img2img: path of the init image (PNG/JPEG), NULL for txt2img */
+    const char *init_image;     /* img2img: path of the init image (PNG/JPEG), NULL for txt2img; resized to
+                                 * width x height (Pillow LANCZOS, as diffusers' preprocess) when it differs */
     double strength;            /* img2img strength in (0, 1] (default 0.6); a double as in Python, since
                                    (int)(steps - steps * strength) decides the first step */
-    const char *mask_image;     /* inpainting mask (white = repaint) */
+    const char *mask_image;     /* inpainting mask (white = repaint); resized like the init image, then
+                                 * grayscale and binarised at 0.5 (diffusers' mask processor) */
     const char *latents_in;     /* optional initial latents (.safetensors with tensor "latents") */
     const char *const *loras;   /* LoRA files for the transformer (diffusers/PEFT, kohya or original keys) */
     const float *lora_scales;   /* one scale per LoRA (NULL = all 1) */
