@@ -138,6 +138,188 @@ static sd3_status png_decode(image *img, const unsigned char *buf, size_t n, con
     return SD3_OK;
 }
 
+/* ---- EXIF orientation ----------------------------------------------------------------------------------
+ * diffusers' load_image runs PIL.ImageOps.exif_transpose before convert("RGB"): an Orientation tag (0x0112)
+ * of 2..8 in the image's EXIF is applied as a flip/rotation, anything else leaves the image as it is. The
+ * EXIF is a TIFF block (II/MM header, IFD0 of 12-byte entries) in a JPEG's APP1 "Exif\0\0" segments or a
+ * PNG's eXIf chunk. The reader below follows Pillow 13's (Image.Exif.load, TiffImagePlugin's
+ * ImageFileDirectory_v2.load) step for step, so the same tag is found in the same broken files, and
+ * bounds-checks every offset and count against the block: a lying or truncated EXIF reads nothing outside
+ * it and, where Pillow finds no usable Orientation, the image loads untransformed. Where Pillow itself
+ * raises (a header shorter than 8 bytes, BigTIFF, an unknown magic) diffusers cannot load the file at all;
+ * we load it untransformed. Not read (Pillow's fallbacks): XMP tiff:Orientation and PNG "Raw profile type
+ * exif" text. */
+
+static uint64_t ex_get(const uint8_t *p, int bytes, int be) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) v |= (uint64_t)p[be ? i : bytes - 1 - i] << (8 * (bytes - 1 - i));
+    return v;
+}
+
+/* Bytes per value of each TIFF type Pillow 13 loads (its _load_dispatch); 0 for types it skips. */
+static unsigned ex_type_size(unsigned typ) {
+    static const unsigned char sz[17] = {0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8};
+    return typ < 17 ? sz[typ] : 0;
+}
+
+/* The orientation a first value v of TIFF type typ stands for, as Pillow compares it with 2..8 (ints, and
+ * rationals/floats equal to one); 1 when it is none of them (BYTE, ASCII and UNDEFINED values are bytes or
+ * text in Pillow and never equal an int). */
+static int ex_value_orientation(const uint8_t *v, unsigned typ, int be) {
+    int64_t k;
+    switch (typ) {
+    case 3: k = (int64_t)ex_get(v, 2, be); break;                        /* SHORT */
+    case 4: case 13: k = (int64_t)ex_get(v, 4, be); break;               /* LONG, IFD */
+    case 16: { uint64_t u = ex_get(v, 8, be); k = u > 8 ? 0 : (int64_t)u; break; }  /* LONG8 */
+    case 6: k = (int8_t)v[0]; break;                                     /* SBYTE */
+    case 8: k = (int16_t)(uint16_t)ex_get(v, 2, be); break;              /* SSHORT */
+    case 9: k = (int32_t)(uint32_t)ex_get(v, 4, be); break;              /* SLONG */
+    case 5: case 10: {                                                   /* (S)RATIONAL: num/den == k, den != 0 */
+        uint32_t un = (uint32_t)ex_get(v, 4, be), ud = (uint32_t)ex_get(v + 4, 4, be);
+        int64_t num = typ == 5 ? (int64_t)un : (int64_t)(int32_t)un, den = typ == 5 ? (int64_t)ud : (int64_t)(int32_t)ud;
+        if (den == 0) return 1;
+        for (int o = 2; o <= 8; o++)
+            if (num == o * den) return o;
+        return 1;
+    }
+    case 11: case 12: {                                                  /* FLOAT, DOUBLE: exactly k */
+        double d;
+        if (typ == 11) { uint32_t u = (uint32_t)ex_get(v, 4, be); float f; memcpy(&f, &u, 4); d = f; }
+        else { uint64_t u = ex_get(v, 8, be); memcpy(&d, &u, 8); }
+        for (int o = 2; o <= 8; o++)
+            if (d == (double)o) return o;
+        return 1;
+    }
+    default: return 1;
+    }
+    return k >= 2 && k <= 8 ? (int)k : 1;
+}
+
+/* The Orientation (2..8) of an EXIF block as Pillow's Exif.load reads it, or 1 for none. d holds what
+ * Pillow keeps as info["exif"] less the prefixes it has already taken: up to strip more leading "Exif\0\0"
+ * are dropped (Pillow drops two in all), then a classic TIFF header
+ * (II*\0, MM\0*, or the byte-swapped magics Pillow also accepts) gives the byte order and IFD0's offset.
+ * IFD0's entries are read while whole ones remain (entries read before a truncation count); the first
+ * loadable entry of a tag wins; an out-of-line value larger than the block (counted cumulatively, as
+ * Pillow does) is skipped, one that starts inside but runs past the end ends the walk. */
+static int exif_orientation(const uint8_t *d, size_t n, int strip) {
+    for (int k = 0; k < strip && n >= 6 && !memcmp(d, "Exif\0\0", 6); k++) { d += 6; n -= 6; }
+    if (n < 8) return 1;
+    int be;
+    if (!memcmp(d, "MM\0*", 4) || !memcmp(d, "MM*\0", 4)) be = 1;
+    else if (!memcmp(d, "II*\0", 4) || !memcmp(d, "II\0*", 4)) be = 0;
+    else return 1;
+    uint64_t pos = ex_get(d + 4, 4, be);
+    if (pos > n || n - pos < 2) return 1;
+    size_t count = (size_t)ex_get(d + pos, 2, be);
+    pos += 2;
+    uint8_t seen[65536 / 8] = {0};  /* tags loaded so far */
+    uint64_t total = 0;             /* out-of-line bytes claimed so far */
+    int orient = 0;                 /* 0: no Orientation loaded yet */
+    for (size_t i = 0; i < count && n - pos >= 12; i++, pos += 12) {
+        const uint8_t *e = d + pos;
+        unsigned tag = (unsigned)ex_get(e, 2, be), typ = (unsigned)ex_get(e + 2, 2, be);
+        uint64_t cnt = ex_get(e + 4, 4, be);
+        if (seen[tag >> 3] & (1u << (tag & 7))) continue;
+        unsigned unit = ex_type_size(typ);
+        if (!unit) continue;
+        uint64_t size = cnt * unit;
+        const uint8_t *val = e + 8;
+        if (size > 4) {
+            uint64_t off = ex_get(e + 8, 4, be);
+            total += size;
+            if (total > n) continue;
+            if (off > n || n - off < size) break;   /* Pillow: "Truncated File Read", the walk stops */
+            val = d + off;
+        }
+        if (size == 0) continue;
+        seen[tag >> 3] |= (uint8_t)(1u << (tag & 7));
+        if (tag == 0x0112) orient = ex_value_orientation(val, typ, be);  /* val holds size >= unit bytes */
+    }
+    return orient ? orient : 1;
+}
+
+/* The EXIF Orientation of a JPEG held in memory: Pillow joins every APP1 "Exif\0\0" segment before the
+ * first scan (the first whole, later ones without their 6-byte prefix) into one block. A segment running
+ * past the end of the file ends the search (Pillow would refuse the file). */
+static int jpeg_exif_orientation(const uint8_t *d, size_t n) {
+    size_t i = jpeg_soi_end(d, n);
+    if (!i) return 1;
+    uint8_t *blk = NULL;
+    size_t bn = 0;
+    while (i + 4 <= n) {
+        if (d[i] != 0xFF) { i++; continue; }
+        uint8_t m = d[i + 1];
+        if (m == 0xFF) { i++; continue; }
+        if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) { i += 2; continue; }
+        if (m == 0xD9 || m == 0xDA) break;          /* EOI, SOS: Pillow reads no further */
+        size_t L = ((size_t)d[i + 2] << 8) | d[i + 3];
+        if (L < 2 || L - 2 > n - i - 4) break;
+        const uint8_t *s = d + i + 4;
+        size_t sn = L - 2;
+        if (m == 0xE1 && sn >= 6 && !memcmp(s, "Exif\0\0", 6)) {
+            size_t skip = blk ? 6 : 0;
+            uint8_t *nb = realloc(blk, bn + sn - skip + 1);
+            if (!nb) break;                          /* out of memory: use what was joined so far */
+            blk = nb;
+            memcpy(blk + bn, s + skip, sn - skip);
+            bn += sn - skip;
+        }
+        i += 2 + L;
+    }
+    int o = blk ? exif_orientation(blk, bn, 2) : 1;
+    free(blk);
+    return o;
+}
+
+/* The EXIF Orientation of a PNG held in memory: the last eXIf chunk counts (Pillow reads chunks after the
+ * image data too, each eXIf replacing the one before). Its data is the TIFF block; Pillow prefixes
+ * "Exif\0\0" and then drops up to two, so one such prefix inside the chunk is dropped as well (a second
+ * one is not: Pillow then finds no TIFF header and raises). */
+static int png_exif_orientation(const uint8_t *d, size_t n) {
+    const uint8_t *ex = NULL;
+    size_t exn = 0;
+    for (size_t pos = 8; pos + 8 <= n;) {
+        uint32_t len = ((uint32_t)d[pos] << 24) | ((uint32_t)d[pos + 1] << 16) | ((uint32_t)d[pos + 2] << 8) | d[pos + 3];
+        if ((uint64_t)len + 12 > n - pos) break;
+        if (!memcmp(d + pos + 4, "IEND", 4)) break;
+        if (!memcmp(d + pos + 4, "eXIf", 4)) { ex = d + pos + 8; exn = len; }
+        pos += 12 + (size_t)len;
+    }
+    return ex ? exif_orientation(ex, exn, 1) : 1;
+}
+
+/* Apply EXIF orientation o (2..8) to img the way PIL's Image.transpose does for exif_transpose's choice:
+ * 2 FLIP_LEFT_RIGHT, 3 ROTATE_180, 4 FLIP_TOP_BOTTOM, 5 TRANSPOSE, 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90
+ * (ROTATE_n counter-clockwise). 5..8 swap width and height. Each output pixel (x, y) copies source pixel
+ * (sx, sy). */
+static sd3_status image_orient(image *img, int o, const char *path, sd3_err *err) {
+    if (o < 2 || o > 8) return SD3_OK;
+    int W = img->w, H = img->h, swap = o >= 5;
+    int ow = swap ? H : W, oh = swap ? W : H;
+    uint8_t *out = malloc((size_t)W * H * 3);
+    if (!out) return sd3_errf(err, SD3_ERR_NOMEM, "%s: out of memory", path);
+    for (int y = 0; y < oh; y++)
+        for (int x = 0; x < ow; x++) {
+            int sx, sy;
+            switch (o) {
+            case 2: sx = W - 1 - x; sy = y; break;
+            case 3: sx = W - 1 - x; sy = H - 1 - y; break;
+            case 4: sx = x; sy = H - 1 - y; break;
+            case 5: sx = y; sy = x; break;
+            case 6: sx = y; sy = H - 1 - x; break;
+            case 7: sx = W - 1 - y; sy = H - 1 - x; break;
+            default: sx = W - 1 - y; sy = x; break;  /* 8 */
+            }
+            memcpy(out + ((size_t)y * ow + x) * 3, img->rgb + ((size_t)sy * W + sx) * 3, 3);
+        }
+    free(img->rgb);
+    img->rgb = out;
+    img->w = ow;
+    img->h = oh;
+    return SD3_OK;
+}
+
 /* Read a whole file of at most max bytes. */
 static unsigned char *read_file(FILE *f, size_t max, size_t *n) {
     if (fseek(f, 0, SEEK_END) != 0) return NULL;
@@ -200,7 +382,9 @@ sd3_status image_load(image *img, const char *path, sd3_err *err) {
             pos += 12 + (size_t)len;
         }
         sd3_status st = png_decode(img, buf, n, path, err);  /* libpng, not stb (see png_decode) */
+        int orient = st == SD3_OK ? png_exif_orientation(buf, n) : 1;
         free(buf);
+        if (st == SD3_OK && (st = image_orient(img, orient, path, err)) != SD3_OK) image_free(img);
         return st;
     }
     if (n > INT_MAX || !stbi_info_from_memory(buf, (int)n, &w, &h, &c)) {
@@ -213,6 +397,7 @@ sd3_status image_load(image *img, const char *path, sd3_err *err) {
         return sd3_errf(err, SD3_ERR_FORMAT, "%s: image is %dx%d, over the limit of %d per side and %lld pixels", path, w, h,
                         IMAGE_MAX_SIDE, (long long)IMAGE_MAX_PIXELS);
     }
+    int orient = jpeg_exif_orientation(buf, n);
     unsigned char *px = stbi_load_from_memory(buf, (int)n, &w, &h, &c, 3);
     free(buf);
     if (!px) return sd3_errf(err, SD3_ERR_FORMAT, "%s: cannot decode image (%s)", path, stbi_failure_reason());
@@ -222,7 +407,9 @@ sd3_status image_load(image *img, const char *path, sd3_err *err) {
     if (!img->rgb) { stbi_image_free(px); return sd3_errf(err, SD3_ERR_NOMEM, "%s: out of memory", path); }
     memcpy(img->rgb, px, (size_t)w * h * 3);
     stbi_image_free(px);
-    return SD3_OK;
+    sd3_status st = image_orient(img, orient, path, err);  /* EXIF orientation, as diffusers' load_image */
+    if (st != SD3_OK) image_free(img);
+    return st;
 }
 
 void image_free(image *img) {

@@ -15,8 +15,10 @@ typedef struct image {
     uint8_t *rgb;
 } image;
 
-/* Load any image stb_image reads, converted to RGB. Rejects 0-sized images and images over
- * IMAGE_MAX_SIDE per side or IMAGE_MAX_PIXELS pixels before decoding them. */
+/* Load a PNG (libpng) or JPEG (stb_image), converted to RGB. Rejects 0-sized images and images over
+ * IMAGE_MAX_SIDE per side or IMAGE_MAX_PIXELS pixels before decoding them. An EXIF Orientation of 2..8
+ * (JPEG APP1 "Exif", PNG eXIf) is applied after decoding, as diffusers' load_image does with
+ * PIL.ImageOps.exif_transpose (so img->w/h are swapped for 5..8); broken EXIF is ignored. */
 sd3_status image_load(image *img, const char *path, sd3_err *err);
 void image_free(image *img);
 
