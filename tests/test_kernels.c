@@ -741,10 +741,35 @@ static void test_linear_multi(void) {
         }
 }
 
+/* k_handoff (an FF's hidden activation handed from one product to the next; bf16 mode: packed, never F32)
+ * gives exactly k_linear_gelu_tanh then k_linear: partial row slivers, odd N (a pair with one element),
+ * F32 / BF16 weights, and the unpacked path for small M. */
+static void test_handoff(void) {
+    const int cases[5][4] = {{37, 100, 40, 64}, {130, 33, 257, 17}, {13, 257, 64, 96}, {5, 64, 33, 40}, {3, 40, 70, 9}};
+    for (int c = 0; c < 5; c++)
+        for (int d = 0; d < 2; d++) {
+            int M = cases[c][0], N = cases[c][1], K = cases[c][2], N2 = cases[c][3];
+            tensor W = rand_tensor(d ? DT_BF16 : DT_F32, N, K, -1, 1), b = rand_tensor(DT_F32, 1, N, -1, 1);
+            tensor W2 = rand_tensor(d ? DT_BF16 : DT_F32, N2, N, -1, 1), b2 = rand_tensor(DT_F32, 1, N2, -1, 1);
+            float *x = frandv((size_t)M * K, -2, 2), *h = fzeros((size_t)M * N), *buf = fzeros((size_t)M * N);
+            float *want = fzeros((size_t)M * N2), *y = fzeros((size_t)M * N2);
+            k_linear_gelu_tanh(h, x, &W, &b, M, N, K);
+            k_linear(want, h, &W2, &b2, M, N2, N);
+            k_handoff ho;
+            k_linear_gelu_tanh_handoff(&ho, buf, x, &W, &b, &W2, M, N, K);
+            k_linear_from_handoff(y, &ho, &W2, &b2, N2);
+            CHECK(!memcmp(y, want, sizeof(float) * (size_t)M * N2), "handoff M=%d N=%d K=%d N2=%d %s (%s) differs from linear_gelu + linear",
+                  M, N, K, N2, dtn(W.dt), ho.pairs ? "packed" : "F32");
+            tensor_free(&W); tensor_free(&b); tensor_free(&W2); tensor_free(&b2);
+            sd3_free(x); sd3_free(h); sd3_free(buf); sd3_free(want); sd3_free(y);
+        }
+}
+
 static void test_all_ops(void) {
     test_linear(0);
     test_linear_gelu();
     test_linear_multi();
+    test_handoff();
     test_layernorm_modulate();
     test_matmul(0);
     test_attention();
@@ -789,6 +814,7 @@ int main(void) {
     test_attention();
     test_linear_gelu();
     test_linear_multi();
+    test_handoff();
     printf("bf16 precision mode (linear BF16: %s, attention: %s): %s\n", k_linear_variant(DT_BF16), k_attention_variant(),
            t_failed == before ? "ok" : "FAILURES");
     k_set_precision(0);

@@ -279,6 +279,37 @@ void k_linear_multi(int n, float *const y[], const float *x, const tensor *const
     for (int i = 0; i < n; i++) k_linear(y[i], x, W[i], b ? b[i] : NULL, M, N[i], K);
 }
 
+/* Whether a hand-off can be packed: bf16 products on an ISA with the bf16 packer, plain float weights, M
+ * past the streamed small-M path. */
+static int handoff_packs(const kc_isa *isa, const tensor *W, int M) {
+    return isa && use_bf16(isa) && isa->pack_rows_bf16 && M > 4 && W->dt != DT_Q8 && W->dt != DT_Q4;
+}
+
+void k_linear_gelu_tanh_handoff(k_handoff *h, float *buf, const float *x, const tensor *W, const tensor *b, const tensor *W_next, int M,
+                                int N, int K) {
+    const kc_isa *isa = pick();
+    memset(h, 0, sizeof *h);
+    h->M = M, h->N = N;
+    /* packed when the products run in bf16 and the pairs fit the buffer (not for a handful of rows) */
+    if (handoff_packs(isa, W, M) && handoff_packs(isa, W_next, M) && kc_pairs_words(isa, M, N) <= (size_t)M * N) {
+        h->pairs = (uint32_t *)buf;
+        kc_linear_to_pairs(isa, 1 + KC_ACT_GELU_TANH, h->pairs, x, W, b, M, N, K);
+        return;
+    }
+    h->f32 = buf;
+    k_linear_gelu_tanh(h->f32, x, W, b, M, N, K);
+}
+
+void k_linear_from_handoff(float *y, const k_handoff *h, const tensor *W_next, const tensor *b, int N2) {
+    const kc_isa *isa = pick();
+    if (h->pairs) {
+        SD3_ASSERT(handoff_packs(isa, W_next, h->M));   /* packed pairs need the mode they were made in */
+        kc_linear_from_pairs(isa, y, h->pairs, W_next, b, h->M, N2, h->N);
+        return;
+    }
+    k_linear(y, h->f32, W_next, b, h->M, N2, h->N);
+}
+
 /* y = gelu_tanh(x W^T + b): the activation runs on each output tile as the GEMM finishes it (while it is
  * in cache) instead of as a second pass over y; the same values as k_linear then k_gelu_tanh. */
 void k_linear_gelu_tanh(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K) {

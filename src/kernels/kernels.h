@@ -23,6 +23,19 @@ void k_linear(float *y, const float *x, const tensor *W, const tensor *b, int M,
  * calls; x is packed (bf16 mode: converted) once for all of them. */
 void k_linear_multi(int n, float *const y[], const float *x, const tensor *const W[], const tensor *const b[], int M, const int N[],
                     int K);
+/* A layer output that only the next linear reads (an FF's hidden activation), in a caller's buffer of M x N
+ * floats: in the bf16 mode as that product's packed bf16 input (the F32 values never reach memory), else as
+ * F32 rows. The next linear sees exactly the values of the unfused k_linear_gelu_tanh + k_linear. */
+typedef struct k_handoff {
+    int M, N;
+    float *f32;        /* [M, N] when not packed */
+    uint32_t *pairs;   /* packed bf16 (internal layout) when the bf16 products run */
+} k_handoff;
+/* h = gelu_tanh(x W^T + b) [M, N] into buf (M * N floats), for the linear whose weight is W_next. */
+void k_linear_gelu_tanh_handoff(k_handoff *h, float *buf, const float *x, const tensor *W, const tensor *b, const tensor *W_next, int M,
+                                int N, int K);
+/* y [M, N2] = h W_next^T + b2. */
+void k_linear_from_handoff(float *y, const k_handoff *h, const tensor *W_next, const tensor *b, int N2);
 /* y = gelu_tanh(x W^T + b) with the activation fused into the product's tile epilogue (same values as
  * k_linear then k_gelu_tanh; one pass less over y). */
 void k_linear_gelu_tanh(float *y, const float *x, const tensor *W, const tensor *b, int M, int N, int K);

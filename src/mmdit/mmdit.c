@@ -78,11 +78,19 @@ static void linear_qkv(float *q, float *k, float *v, const float *x, const mmdit
         if (l[i]->lora) linear_lora(y[i], x, l[i]->lora, M, K, K);
 }
 
-/* y = gelu_tanh(linear(x)): fused into the product's epilogue unless LoRA deltas must land first. */
-static void linear_gelu(float *y, const float *x, const mmdit_linear *l, int M, int N, int K) {
-    if (!l->lora) { k_linear_gelu_tanh(y, x, &l->weight, &l->bias, M, N, K); return; }
-    linear(y, x, l, M, N, K);
-    k_gelu_tanh(y, y, (size_t)M * N);
+/* y = l2(gelu_tanh(l1(x))), the feed-forward: the hidden activation goes from one product to the next as a
+ * hand-off in hbuf (M x F floats; in the bf16 mode it never exists as F32 in memory) unless LoRA deltas
+ * must act on it. */
+static void feed_forward(float *y, float *hbuf, const float *x, const mmdit_linear *l1, const mmdit_linear *l2, int M, int F, int C) {
+    if (l1->lora || l2->lora) {
+        linear(hbuf, x, l1, M, F, C);
+        k_gelu_tanh(hbuf, hbuf, (size_t)M * F);
+        linear(y, hbuf, l2, M, C, F);
+        return;
+    }
+    k_handoff h;
+    k_linear_gelu_tanh_handoff(&h, hbuf, x, &l1->weight, &l1->bias, &l2->weight, M, F, C);
+    k_linear_from_handoff(y, &h, &l2->weight, &l2->bias, C);
 }
 
 /* diffusers get_timestep_embedding in float32, with the same operation order as torch:
@@ -244,8 +252,7 @@ static void joint_block(const mmdit_model *m, const mmdit_block *bl, int i, cons
         const float *mx = a->modx + (int64_t)b * nx * C;
         k_layernorm_modulate(a->xn + (int64_t)b * Tx * C, a->x + (int64_t)b * Tx * C, mx + 3 * C, mx + 4 * C, Tx, C, MMDIT_EPS);
     }
-    linear_gelu(a->ffh, a->xn, &bl->ff_net_0_proj, B * Tx, F, C);
-    linear(a->ax, a->ffh, &bl->ff_net_2, B * Tx, C, F);
+    feed_forward(a->ax, a->ffh, a->xn, &bl->ff_net_0_proj, &bl->ff_net_2, B * Tx, F, C);
     for (int b = 0; b < B; b++)
         k_gated_add(a->x + (int64_t)b * Tx * C, a->ax + (int64_t)b * Tx * C, a->modx + (int64_t)b * nx * C + 5 * C,
                     Tx, C);
@@ -260,8 +267,7 @@ static void joint_block(const mmdit_model *m, const mmdit_block *bl, int i, cons
         const float *mc = a->modc + (int64_t)b * nc * C;
         k_layernorm_modulate(a->cn + (int64_t)b * Tc * C, a->c + (int64_t)b * Tc * C, mc + 3 * C, mc + 4 * C, Tc, C, MMDIT_EPS);
     }
-    linear_gelu(a->ffh, a->cn, &bl->ff_context_net_0_proj, B * Tc, F, C);
-    linear(a->ac, a->ffh, &bl->ff_context_net_2, B * Tc, C, F);
+    feed_forward(a->ac, a->ffh, a->cn, &bl->ff_context_net_0_proj, &bl->ff_context_net_2, B * Tc, F, C);
     for (int b = 0; b < B; b++)
         k_gated_add(a->c + (int64_t)b * Tc * C, a->ac + (int64_t)b * Tc * C, a->modc + (int64_t)b * nc * C + 5 * C,
                     Tc, C);

@@ -154,7 +154,8 @@ typedef struct gemm_job {
     int task0[KC_MULTI_MAX + 1];  /* first task of each GEMM */
     float *scratch;               /* per thread: B block then A sliver (F32), then bf16 copies */
     size_t scratch_per_thread;    /* floats */
-    uint32_t *Aall;               /* bf16 mode: all of A as bf16 pairs */
+    uint32_t *Aall;               /* bf16 mode: all of A as bf16 pairs (owned unless a_pairs) */
+    size_t cblock_off;            /* out_pairs: floats into each thread's scratch where its C block starts */
     size_t a_words;               /* words per MR-row sliver of Aall */
 } gemm_job;
 
@@ -206,6 +207,22 @@ static void tile_act(const kc_isa *isa, int act, float *C, int64_t ldc, int mr, 
     for (int i = 0; i < mr; i++) kc_act_rows(isa, act - 1, C + i * ldc, C + i * ldc, (size_t)nr);
 }
 
+/* out_pairs: the finished mr x nr tile at C (row stride ldc; rows m.., columns n.., m a multiple of MR, n
+ * even) into the A-sliver layout, through the packer the consuming GEMM would run on F32 rows (same bits). */
+static void tile_pairs(const struct gemm_job *j, const kc_gemm *g, const float *C, int64_t ldc, int m, int mr, int n, int nr) {
+    const kc_isa *isa = j->isa;
+    int MR = isa->MR;
+    size_t words = (size_t)(g->N + 1) / 2 * MR;
+    SD3_ASSERT(m % MR == 0 && n % 2 == 0);
+    for (int r0 = 0; r0 < mr; r0 += MR) {
+        int rr = mr - r0 < MR ? mr - r0 : MR;
+        kc_rows src = {.t = NULL, .f32 = C + (int64_t)r0 * ldc, .ld = ldc};
+        uint32_t *dst = g->out_pairs + (size_t)((m + r0) / MR) * words + (size_t)(n / 2) * MR;
+        int ok = isa->pack_rows_bf16(&src, 0, rr, 0, nr, MR, dst);
+        SD3_ASSERT(ok);
+    }
+}
+
 /* One task: column block nb x row block mb of one of the GEMMs, all of K. */
 static void gemm_task(void *arg, int task, int thread) {
     gemm_job *j = arg;
@@ -220,6 +237,13 @@ static void gemm_task(void *arg, int task, int thread) {
     float *Bp = j->scratch + j->scratch_per_thread * (size_t)thread;
     float *Ap = Bp + (size_t)j->NC * j->KCb;
     uint32_t *Bh = (uint32_t *)(Ap + (size_t)MR * j->KCb);
+    /* the F32 output: C itself, or (out_pairs) this thread's MC x NC block */
+    float *Cbase = g->C;
+    int64_t ldc = g->ldc;
+    if (g->out_pairs) {
+        ldc = j->NC;
+        Cbase = j->scratch + j->scratch_per_thread * (size_t)thread + j->cblock_off - ((int64_t)m0 * ldc + n0);
+    }
     const uint32_t *Ah = NULL;
     int bf16 = g->bf16 && isa->ukr_bf16;
     int direct = !bf16 && isa->ukr_direct && g->pack_a == kc_pack_rows && ((const kc_rows *)g->actx)->f32;
@@ -227,8 +251,9 @@ static void gemm_task(void *arg, int task, int thread) {
     if (g->K == 0) { /* no products: C = bias */
         for (int m = m0; m < m1; m++)
             for (int n = n0; n < n1; n++)
-                g->C[(int64_t)m * g->ldc + n] = (g->bias_n ? g->bias_n[n] : 0.0f) + (g->bias_m ? g->bias_m[m] : 0.0f);
-        if (g->epilogue_act) tile_act(isa, g->epilogue_act, g->C + (int64_t)m0 * g->ldc + n0, g->ldc, m1 - m0, n1 - n0);
+                Cbase[(int64_t)m * ldc + n] = (g->bias_n ? g->bias_n[n] : 0.0f) + (g->bias_m ? g->bias_m[m] : 0.0f);
+        if (g->epilogue_act) tile_act(isa, g->epilogue_act, Cbase + (int64_t)m0 * ldc + n0, ldc, m1 - m0, n1 - n0);
+        if (g->out_pairs) tile_pairs(j, g, Cbase + (int64_t)m0 * ldc + n0, ldc, m0, m1 - m0, n0, n1 - n0);
         return;
     }
     for (int k0 = 0; k0 < g->K; k0 += j->KCb) {
@@ -249,9 +274,9 @@ static void gemm_task(void *arg, int task, int thread) {
                 const float *A = ar->f32 + (int64_t)m * ar->ld + k0;
                 for (int s = 0; s < nsl; s++) {
                     int ns = n0 + s * NR, nr = n1 - ns < NR ? n1 - ns : NR;
-                    isa->ukr_direct(kc, A, ar->ld, Bp + (size_t)s * NR * kc, g->C + (int64_t)m * g->ldc + ns, g->ldc, nr, k0 > 0,
+                    isa->ukr_direct(kc, A, ar->ld, Bp + (size_t)s * NR * kc, Cbase + (int64_t)m * ldc + ns, ldc, nr, k0 > 0,
                                     g->bias_n ? g->bias_n + ns : NULL, g->bias_m ? g->bias_m + m : NULL);
-                    if (last && g->epilogue_act) tile_act(isa, g->epilogue_act, g->C + (int64_t)m * g->ldc + ns, g->ldc, MR, nr);
+                    if (last && g->epilogue_act) tile_act(isa, g->epilogue_act, Cbase + (int64_t)m * ldc + ns, ldc, MR, nr);
                 }
                 continue;
             }
@@ -259,13 +284,14 @@ static void gemm_task(void *arg, int task, int thread) {
             else g->pack_a(g->actx, isa, m, mr, k0, kc, MR, Ap);
             for (int s = 0; s < nsl; s++) {
                 int ns = n0 + s * NR, nr = n1 - ns < NR ? n1 - ns : NR;
-                float *C = g->C + (int64_t)m * g->ldc + ns;
+                float *C = Cbase + (int64_t)m * ldc + ns;
                 const float *bn = g->bias_n ? g->bias_n + ns : NULL, *bm = g->bias_m ? g->bias_m + m : NULL;
                 if (bf16)
-                    isa->ukr_bf16((kc + 1) / 2, Ah, Bh + (size_t)s * NR * ((kc + 1) / 2), C, g->ldc, mr, nr, k0 > 0, bn, bm);
+                    isa->ukr_bf16((kc + 1) / 2, Ah, Bh + (size_t)s * NR * ((kc + 1) / 2), C, ldc, mr, nr, k0 > 0, bn, bm);
                 else
-                    isa->ukr(kc, Ap, Bp + (size_t)s * NR * kc, C, g->ldc, mr, nr, k0 > 0, bn, bm);
-                if (last && g->epilogue_act) tile_act(isa, g->epilogue_act, C, g->ldc, mr, nr);
+                    isa->ukr(kc, Ap, Bp + (size_t)s * NR * kc, C, ldc, mr, nr, k0 > 0, bn, bm);
+                if (last && g->epilogue_act) tile_act(isa, g->epilogue_act, C, ldc, mr, nr);
+                if (last && g->out_pairs) tile_pairs(j, g, C, ldc, m, mr, ns, nr);
             }
         }
     }
@@ -321,10 +347,22 @@ void kc_gemm_run_multi(const kc_isa *isa, const kc_gemm *gs, int ng) {
     size_t per = (size_t)NC * j.KCb + (size_t)MR * j.KCb;
     per += per / 2 + 64;
     per = (per + 15) / 16 * 16;
+    int any_out_pairs = 0;
+    for (int i = 0; i < ng; i++) any_out_pairs |= gs[i].out_pairs != NULL;
+    if (any_out_pairs) { /* and the task's F32 block (MC x NC) */
+        SD3_ASSERT(g->bf16 && isa->ukr_bf16 && isa->pack_rows_bf16);
+        j.cblock_off = per;
+        per += (size_t)MC * NC;
+        per = (per + 15) / 16 * 16;
+    }
     j.scratch_per_thread = per;
     j.scratch = sd3_malloc(sizeof(float) * per * (size_t)(nthr < 1 ? 1 : nt));
     SD3_ASSERT(j.scratch);
-    if (g->bf16 && isa->ukr_bf16 && g->K > 0) {
+    if (g->a_pairs) {   /* A handed over already as bf16 pairs */
+        SD3_ASSERT(g->bf16 && isa->ukr_bf16);
+        j.a_words = (size_t)(g->K + 1) / 2 * MR;
+        j.Aall = (uint32_t *)g->a_pairs;
+    } else if (g->bf16 && isa->ukr_bf16 && g->K > 0) {
         int nsl = (g->M + MR - 1) / MR;
         j.a_words = (size_t)(g->K + 1) / 2 * MR;
         j.Aall = sd3_malloc(sizeof(uint32_t) * j.a_words * (size_t)nsl);
@@ -332,7 +370,7 @@ void kc_gemm_run_multi(const kc_isa *isa, const kc_gemm *gs, int ng) {
         pool_run(nsl, prepack_a_task, &j);
     }
     pool_run(ntask, gemm_task, &j);
-    sd3_free(j.Aall);
+    if (!g->a_pairs) sd3_free(j.Aall);
     sd3_free(j.scratch);
 }
 
@@ -378,6 +416,32 @@ void kc_linear(const kc_isa *isa, int bf16, int act, float *y, const float *x, c
                      .C = y, .ldc = N, .bias_n = bias, .bias_m = NULL, .bf16 = bf16, .epilogue_act = act};
         kc_gemm_run(isa, &g);
     }
+    sd3_free(bias);
+}
+
+/* See kcpu.h. */
+size_t kc_pairs_words(const kc_isa *isa, int M, int K) { return (size_t)(M + isa->MR - 1) / isa->MR * (size_t)((K + 1) / 2) * isa->MR; }
+
+/* See kcpu.h. Rows past M in the last sliver are zeroed (the next product's microkernel reads them). */
+void kc_linear_to_pairs(const kc_isa *isa, int act, uint32_t *pairs, const float *x, const tensor *W, const tensor *b, int M, int N,
+                        int K) {
+    SD3_ASSERT(M > 4 && N > 0 && isa->ukr_bf16 && isa->pack_rows_bf16);
+    float *bias = bias_f32(isa, b, N);
+    kc_rows a = {.t = NULL, .f32 = x, .ld = K}, w = {.t = W, .f32 = NULL, .ld = K};
+    kc_gemm g = {.M = M, .N = N, .K = K, .pack_a = kc_pack_rows, .actx = &a, .pack_b = kc_pack_rows, .bctx = &w,
+                 .C = NULL, .ldc = 0, .bias_n = bias, .bf16 = 1, .epilogue_act = act, .out_pairs = pairs};
+    kc_gemm_run(isa, &g);
+    sd3_free(bias);
+}
+
+/* See kcpu.h. */
+void kc_linear_from_pairs(const kc_isa *isa, float *y, const uint32_t *pairs, const tensor *W, const tensor *b, int M, int N, int K) {
+    SD3_ASSERT(M > 4 && isa->ukr_bf16);
+    float *bias = bias_f32(isa, b, N);
+    kc_rows w = {.t = W, .f32 = NULL, .ld = K};
+    kc_gemm g = {.M = M, .N = N, .K = K, .pack_a = kc_pack_rows, .actx = NULL, .pack_b = kc_pack_rows, .bctx = &w,
+                 .C = y, .ldc = N, .bias_n = bias, .bf16 = 1, .a_pairs = pairs};
+    kc_gemm_run(isa, &g);
     sd3_free(bias);
 }
 

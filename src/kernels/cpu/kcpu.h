@@ -69,6 +69,13 @@ typedef struct kc_gemm {
     int bf16;                              /* use the bf16 microkernel */
     int epilogue_act;                      /* 0: none; else 1 + KC_ACT_*: applied to each finished C tile
                                             * (after the bias) while it is in cache, via the ISA's act */
+    /* bf16 mode hand-off to a following product (both need the ISA's pack_rows_bf16):
+     * out_pairs: each finished tile (after bias and act) is written as bf16 pairs in the A-sliver layout
+     *   of a GEMM with K = this N ([ceil(M/MR) slivers][ceil(N/2)][MR] uint32), and C is only a per-thread
+     *   scratch (the F32 result never reaches memory; C and ldc are ignored);
+     * a_pairs: A given already in that layout (pack_a / actx unused). */
+    uint32_t *out_pairs;
+    const uint32_t *a_pairs;
 } kc_gemm;
 
 /* Run one GEMM over the thread pool (or serially when called from inside a pool task). */
@@ -97,6 +104,14 @@ void kc_linear(const kc_isa *isa, int bf16, int act, float *y, const float *x, c
 /* n (<= KC_MULTI_MAX) linears y[i] = x W[i]^T + b[i] on one input x [M, K] through kc_gemm_run_multi. */
 void kc_linear_multi(const kc_isa *isa, int bf16, int n, float *const *y, const float *x, const tensor *const *W,
                      const tensor *const *b, int M, const int *N, int K);
+/* Words of the A-sliver bf16 layout for an M x K matrix (kc_gemm.out_pairs / a_pairs). */
+size_t kc_pairs_words(const kc_isa *isa, int M, int K);
+/* bf16 mode, M > 4: pairs = act(x W^T + b) in the A-sliver layout (never as F32 rows), and y = A W2^T + b2
+ * from such pairs; the same values as kc_linear + kc_linear (the pairs are what the second one's packing
+ * would make of the first one's F32 output). */
+void kc_linear_to_pairs(const kc_isa *isa, int act, uint32_t *pairs, const float *x, const tensor *W, const tensor *b, int M, int N,
+                        int K);
+void kc_linear_from_pairs(const kc_isa *isa, float *y, const uint32_t *pairs, const tensor *W, const tensor *b, int M, int N, int K);
 /* The activation kind (KC_ACT_*) over n floats with the ISA's vector form, else the ref (y may equal x). */
 void kc_act_rows(const kc_isa *isa, int kind, float *y, const float *x, size_t n);
 void kc_matmul(const kc_isa *isa, int bf16, float *C, const float *A, const float *B, int batch, int M, int N, int K, int transB);
