@@ -238,6 +238,26 @@ def main():
         put(f, data)
         k, note = pillow_orientation(data, base)
         lines.append("case %s jpg_base.jpg %d %s" % (f, k, note))
+    # JPEG only: Pillow's fallback on XMP (APP1 "http://ns.adobe.com/xap/1.0/\0") when the EXIF has no Orientation
+    def xmp(body):
+        return b"http://ns.adobe.com/xap/1.0/\0" + b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description ' + body + \
+            b"</rdf:Description></x:xmpmeta>"
+    xcases = {
+        "xmp_attr_6": [xmp(b'tiff:Orientation="6">')],
+        "xmp_element_8": [xmp(b"><tiff:Orientation>8</tiff:Orientation>")],
+        "xmp_first_match": [xmp(b'tiff:Orientation="x" tiff:Orientation=6 tiff:Orientation="5">')],
+        "xmp_last_segment": [xmp(b'tiff:Orientation="3">'), xmp(b'tiff:Orientation="6">')],
+        "xmp_cut": [xmp(b"")[:-40] + b'tiff:Orientation="'],
+        "xmp_9": [xmp(b'tiff:Orientation="9" tiff:Orientation="6">')],
+        "exif_1_xmp_6": [b"Exif\0\0" + orient(1), xmp(b'tiff:Orientation="6">')],
+        "exif_no_tag_xmp_3": [b"Exif\0\0" + tiff([(0x0100, 3, 1, short(6))]), xmp(b'tiff:Orientation="3">')],
+        "exif_bad_type_xmp_3": [b"Exif\0\0" + tiff([(0x0112, 99, 1, short(6))]), xmp(b'tiff:Orientation="3">')],
+    }
+    for name, segs in xcases.items():
+        f = "jpg_%s.jpg" % name
+        put(f, jpeg_with(base, segs))
+        k, note = pillow_orientation(files[f], base)
+        lines.append("case %s jpg_base.jpg %d %s" % (f, k, note))
     # an APP1 claiming more bytes than the file has: the JPEG itself is broken
     put("jpg_app1_past_eof.jpg", base[:2] + b"\xff\xe1\xff\xf0Exif\0\0" + orient(6))
     lines.append("nocrash jpg_app1_past_eof.jpg app1-claims-past-end-of-file")

@@ -147,8 +147,9 @@ static sd3_status png_decode(image *img, const unsigned char *buf, size_t n, con
  * bounds-checks every offset and count against the block: a lying or truncated EXIF reads nothing outside
  * it and, where Pillow finds no usable Orientation, the image loads untransformed. Where Pillow itself
  * raises (a header shorter than 8 bytes, BigTIFF, an unknown magic) diffusers cannot load the file at all;
- * we load it untransformed. Not read (Pillow's fallbacks): XMP tiff:Orientation and PNG "Raw profile type
- * exif" text. */
+ * we load it untransformed. Pillow's fallbacks when the EXIF has no Orientation entry: a JPEG's XMP
+ * tiff:Orientation is read too; a PNG's XMP (iTXt/tEXt/zTXt "XML:com.adobe.xmp") and "Raw profile type
+ * exif" text are not (rare; they would need the text chunks inflated). */
 
 static uint64_t ex_get(const uint8_t *p, int bytes, int be) {
     uint64_t v = 0;
@@ -195,7 +196,8 @@ static int ex_value_orientation(const uint8_t *v, unsigned typ, int be) {
     return k >= 2 && k <= 8 ? (int)k : 1;
 }
 
-/* The Orientation (2..8) of an EXIF block as Pillow's Exif.load reads it, or 1 for none. d holds what
+/* The Orientation of an EXIF block as Pillow's Exif.load reads it: 2..8 to apply, 1 for an Orientation
+ * entry whose value means nothing to exif_transpose, 0 for no Orientation entry at all. d holds what
  * Pillow keeps as info["exif"] less the prefixes it has already taken: up to strip more leading "Exif\0\0"
  * are dropped (Pillow drops two in all), then a classic TIFF header
  * (II*\0, MM\0*, or the byte-swapped magics Pillow also accepts) gives the byte order and IFD0's offset.
@@ -204,18 +206,18 @@ static int ex_value_orientation(const uint8_t *v, unsigned typ, int be) {
  * Pillow does) is skipped, one that starts inside but runs past the end ends the walk. */
 static int exif_orientation(const uint8_t *d, size_t n, int strip) {
     for (int k = 0; k < strip && n >= 6 && !memcmp(d, "Exif\0\0", 6); k++) { d += 6; n -= 6; }
-    if (n < 8) return 1;
+    if (n < 8) return 0;
     int be;
     if (!memcmp(d, "MM\0*", 4) || !memcmp(d, "MM*\0", 4)) be = 1;
     else if (!memcmp(d, "II*\0", 4) || !memcmp(d, "II\0*", 4)) be = 0;
-    else return 1;
+    else return 0;
     uint64_t pos = ex_get(d + 4, 4, be);
-    if (pos > n || n - pos < 2) return 1;
+    if (pos > n || n - pos < 2) return 0;
     size_t count = (size_t)ex_get(d + pos, 2, be);
     pos += 2;
     uint8_t seen[65536 / 8] = {0};  /* tags loaded so far */
     uint64_t total = 0;             /* out-of-line bytes claimed so far */
-    int orient = 0;                 /* 0: no Orientation loaded yet */
+    int orient = 0;                 /* 0: no Orientation entry loaded yet */
     for (size_t i = 0; i < count && n - pos >= 12; i++, pos += 12) {
         const uint8_t *e = d + pos;
         unsigned tag = (unsigned)ex_get(e, 2, be), typ = (unsigned)ex_get(e + 2, 2, be);
@@ -236,17 +238,38 @@ static int exif_orientation(const uint8_t *d, size_t n, int strip) {
         seen[tag >> 3] |= (uint8_t)(1u << (tag & 7));
         if (tag == 0x0112) orient = ex_value_orientation(val, typ, be);  /* val holds size >= unit bytes */
     }
-    return orient ? orient : 1;
+    return orient;
+}
+
+/* The orientation of an XMP packet as Pillow's getexif falls back on it (only when the EXIF has no
+ * Orientation entry): the first match of re.search(rb'tiff:Orientation(="|>)([0-9])'), 1 for none. */
+static int xmp_orientation(const uint8_t *x, size_t n) {
+    static const char key[] = "tiff:Orientation";
+    const size_t kn = sizeof key - 1;
+    for (size_t i = 0; n > kn && i < n - kn; i++) {
+        if (memcmp(x + i, key, kn)) continue;
+        size_t j = i + kn, dg;
+        if (x[j] == '=' && n - j >= 3 && x[j + 1] == '"') dg = j + 2;
+        else if (x[j] == '>' && n - j >= 2) dg = j + 1;
+        else continue;
+        if (x[dg] < '0' || x[dg] > '9') continue;
+        return x[dg] >= '2' && x[dg] <= '8' ? x[dg] - '0' : 1;
+    }
+    return 1;
 }
 
 /* The EXIF Orientation of a JPEG held in memory: Pillow joins every APP1 "Exif\0\0" segment before the
- * first scan (the first whole, later ones without their 6-byte prefix) into one block. A segment running
- * past the end of the file ends the search (Pillow would refuse the file). */
+ * first scan (the first whole, later ones without their 6-byte prefix) into one block; without an
+ * Orientation entry there, the last XMP APP1's tiff:Orientation counts. A segment running past the end of
+ * the file ends the search (Pillow would refuse the file). */
 static int jpeg_exif_orientation(const uint8_t *d, size_t n) {
+    static const char xmp_ns[] = "http://ns.adobe.com/xap/1.0/";  /* + NUL: an XMP APP1 */
     size_t i = jpeg_soi_end(d, n);
     if (!i) return 1;
     uint8_t *blk = NULL;
     size_t bn = 0;
+    const uint8_t *xmp = NULL;  /* the last XMP packet (Pillow's info["xmp"]) */
+    size_t xn = 0;
     while (i + 4 <= n) {
         if (d[i] != 0xFF) { i++; continue; }
         uint8_t m = d[i + 1];
@@ -265,11 +288,15 @@ static int jpeg_exif_orientation(const uint8_t *d, size_t n) {
             memcpy(blk + bn, s + skip, sn - skip);
             bn += sn - skip;
         }
+        if (m == 0xE1 && sn >= sizeof xmp_ns && !memcmp(s, xmp_ns, sizeof xmp_ns)) {
+            xmp = s + sizeof xmp_ns;
+            xn = sn - sizeof xmp_ns;
+        }
         i += 2 + L;
     }
-    int o = blk ? exif_orientation(blk, bn, 2) : 1;
+    int o = blk ? exif_orientation(blk, bn, 2) : 0;
     free(blk);
-    return o;
+    return o ? o : xmp ? xmp_orientation(xmp, xn) : 1;
 }
 
 /* The EXIF Orientation of a PNG held in memory: the last eXIf chunk counts (Pillow reads chunks after the
@@ -286,7 +313,8 @@ static int png_exif_orientation(const uint8_t *d, size_t n) {
         if (!memcmp(d + pos + 4, "eXIf", 4)) { ex = d + pos + 8; exn = len; }
         pos += 12 + (size_t)len;
     }
-    return ex ? exif_orientation(ex, exn, 1) : 1;
+    int o = ex ? exif_orientation(ex, exn, 1) : 0;
+    return o ? o : 1;
 }
 
 /* Apply EXIF orientation o (2..8) to img the way PIL's Image.transpose does for exif_transpose's choice:
