@@ -70,16 +70,36 @@ def orient(k, be=False):
 
 # ---- containers -----------------------------------------------------------------------------------------
 
-def png_bytes(im, exif_chunks=(), after_idat=()):
-    def chunk(t, d):
-        return struct.pack(">L", len(d)) + t + d + struct.pack(">L", zlib.crc32(t + d))
+def chunk(t, d):
+    return struct.pack(">L", len(d)) + t + d + struct.pack(">L", zlib.crc32(t + d))
+
+
+def png_bytes(im, exif_chunks=(), after_idat=(), pre=(), post=(), iend=True):
+    """im as an RGB PNG with eXIf chunks before/after IDAT and other (type, data) chunks before/after it."""
     w, h = im.size
     raw = b"".join(b"\0" + b"".join(bytes(im.getpixel((x, y))) for x in range(w)) for y in range(h))
     out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">LLBBBBB", w, h, 8, 2, 0, 0, 0))
-    out += b"".join(chunk(b"eXIf", d) for d in exif_chunks)
+    out += b"".join(chunk(b"eXIf", d) for d in exif_chunks) + b"".join(chunk(t, d) for t, d in pre)
     out += chunk(b"IDAT", zlib.compress(raw, 9))
-    out += b"".join(chunk(b"eXIf", d) for d in after_idat)
-    return out + chunk(b"IEND", b"")
+    out += b"".join(chunk(b"eXIf", d) for d in after_idat) + b"".join(chunk(t, d) for t, d in post)
+    return out + (chunk(b"IEND", b"") if iend else b"")
+
+
+def text(key, value, kind="tEXt"):
+    """A (type, data) text chunk: tEXt, zTXt (zlib), iTXt (uncompressed) or iTXt+z (compressed)."""
+    if kind == "tEXt":
+        return b"tEXt", key + b"\0" + value
+    if kind == "zTXt":
+        return b"zTXt", key + b"\0\0" + zlib.compress(value)
+    if kind == "iTXt":
+        return b"iTXt", key + b"\0\0\0" + b"\0\0" + value
+    return b"iTXt", key + b"\0\1\0" + b"\0\0" + zlib.compress(value)
+
+
+def raw_profile(blk, sep=""):
+    """An ImageMagick "Raw profile type exif" text: newline, name, newline, length, newline, hex lines."""
+    hx = sep.join("%02x" % b for b in blk)
+    return ("\nexif\n%8d\n" % len(blk) + "\n".join(hx[i:i + 72] for i in range(0, len(hx), 72)) + "\n").encode()
 
 
 def jpeg_with(base_jpeg, segments):
@@ -195,6 +215,31 @@ def main():
         "two_3_then_6": png_bytes(pim, [orient(3), orient(6)]),
         "before_3_after_8": png_bytes(pim, [orient(3)], [orient(8)]),
     }
+    # PNG only: Pillow's fallbacks, a "Raw profile type exif" text without eXIf, XMP text without an Orientation
+    RAW, XMPK = b"Raw profile type exif", b"XML:com.adobe.xmp"
+    def pxmp(v):
+        return b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="%d"/></x:xmpmeta>' % v
+    extra.update({
+        "raw_ztxt_6": png_bytes(pim, pre=[text(RAW, raw_profile(b"Exif\0\0" + orient(6)), "zTXt")]),
+        "raw_text_8": png_bytes(pim, pre=[text(RAW, raw_profile(orient(8, be=True)))]),
+        "raw_itxt_z_after_idat_5": png_bytes(pim, post=[text(RAW, raw_profile(b"Exif\0\0" + orient(5)), "iTXt+z")]),
+        "raw_spaces_7": png_bytes(pim, pre=[text(RAW, raw_profile(orient(7), sep=" "))]),
+        "raw_bad_hex": png_bytes(pim, pre=[text(RAW, raw_profile(orient(6)).replace(b"49", b"zz", 1))]),
+        "raw_odd_digits": png_bytes(pim, pre=[text(RAW, raw_profile(orient(6))[:-2] + b"\n")]),
+        "raw_two_lines": png_bytes(pim, pre=[text(RAW, b"\nexif\n" + orient(6).hex().encode())]),
+        "raw_and_exif_chunk": png_bytes(pim, [tiff([(0x0100, 3, 1, short(6))])],
+                                        pre=[text(RAW, raw_profile(orient(6)))]),
+        "raw_no_orient_xmp_3": png_bytes(pim, pre=[text(RAW, raw_profile(tiff([(0x0100, 3, 1, short(6))]))),
+                                                   text(XMPK, pxmp(3), "iTXt")]),
+        "xmp_itxt_8": png_bytes(pim, pre=[text(XMPK, pxmp(8), "iTXt")]),
+        "xmp_itxt_z_3": png_bytes(pim, pre=[text(XMPK, pxmp(3), "iTXt+z")]),
+        "xmp_ztxt_7": png_bytes(pim, pre=[text(XMPK, pxmp(7), "zTXt")]),
+        "xmp_text_after_idat_5": png_bytes(pim, post=[text(XMPK, pxmp(5))]),
+        "xmp_after_idat_no_iend_6": png_bytes(pim, post=[text(XMPK, pxmp(6), "iTXt")], iend=False),
+        "xmp_two_last_wins_2": png_bytes(pim, pre=[text(XMPK, pxmp(4), "iTXt")], post=[text(XMPK, pxmp(2), "iTXt")]),
+        "exif_1_xmp_6": png_bytes(pim, [orient(1)], pre=[text(XMPK, pxmp(6), "iTXt")]),
+        "exif_no_tag_xmp_6": png_bytes(pim, [tiff([(0x0100, 3, 1, short(6))])], pre=[text(XMPK, pxmp(6), "iTXt")]),
+    })
     for name, data in extra.items():
         f = "png_%s.png" % name
         put(f, data)
@@ -258,6 +303,35 @@ def main():
         put(f, jpeg_with(base, segs))
         k, note = pillow_orientation(files[f], base)
         lines.append("case %s jpg_base.jpg %d %s" % (f, k, note))
+    # a camera-like EXIF written by Pillow itself (strings and rationals stored out of line before the
+    # Orientation, an Exif sub-IFD), through Pillow's own JPEG and PNG writers
+    ex = Image.Exif()
+    ex[0x010F] = "SomePhone Inc."
+    ex[0x0110] = "Model 12 Pro Max"
+    ex[0x011A] = 72.0
+    ex[0x011B] = 72.0
+    ex[0x0128] = 2
+    ex[0x0131] = "Camera 1.2.3"
+    ex[0x0112] = 6
+    ex.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"
+    ex.get_ifd(0x8769)[0x829A] = 1 / 120
+    exb = ex.tobytes()
+    out = io.BytesIO()
+    Image.open(io.BytesIO(base)).save(out, "JPEG", quality=90, exif=exb)
+    put("jpg_camera_6.jpg", out.getvalue())
+    # the JPEG was re-encoded: its orientation-free twin is the same save without the EXIF (the same
+    # entropy-coded data, so our two decodes differ only by the orientation)
+    out2 = io.BytesIO()
+    Image.open(io.BytesIO(base)).save(out2, "JPEG", quality=90)
+    put("jpg_camera_base.jpg", out2.getvalue())
+    k, note = pillow_orientation(files["jpg_camera_6.jpg"], files["jpg_camera_base.jpg"])
+    lines.append("case jpg_camera_6.jpg jpg_camera_base.jpg %d %s" % (k, note))
+    out = io.BytesIO()
+    pim.save(out, "PNG", exif=exb)
+    put("png_camera_6.png", out.getvalue())
+    k, note = pillow_orientation(files["png_camera_6.png"], files["png_base.png"])
+    lines.append("case png_camera_6.png png_base.png %d %s" % (k, note))
+
     # an APP1 claiming more bytes than the file has: the JPEG itself is broken
     put("jpg_app1_past_eof.jpg", base[:2] + b"\xff\xe1\xff\xf0Exif\0\0" + orient(6))
     lines.append("nocrash jpg_app1_past_eof.jpg app1-claims-past-end-of-file")

@@ -89,8 +89,39 @@ static void png_mem_read(png_structp png, png_bytep out, size_t len) {
     m->pos += len;
 }
 
-static sd3_status png_decode(image *img, const unsigned char *buf, size_t n, const char *path, sd3_err *err) {
+/* Text chunks of a PNG that Pillow's getexif falls back on (see "EXIF orientation" below): the last
+ * "XML:com.adobe.xmp" and "Raw profile type exif" texts (tEXt, zTXt or iTXt, inflated by libpng), copied
+ * out of libpng's structures; NULL where absent. */
+typedef struct { char *xmp, *raw; size_t xmp_n, raw_n; } png_meta;
+
+static void png_meta_free(png_meta *m) {
+    free(m->xmp);
+    free(m->raw);
+    memset(m, 0, sizeof *m);
+}
+
+/* Copy the texts png_meta wants from what libpng has read so far; an allocation failure drops the text. */
+static void png_meta_collect(png_structp png, png_infop info, png_meta *m) {
+    png_textp tx = NULL;
+    int nt = 0;
+    png_get_text(png, info, &tx, &nt);
+    for (int i = 0; i < nt; i++) {
+        int is_xmp = !strcmp(tx[i].key, "XML:com.adobe.xmp"), is_raw = !strcmp(tx[i].key, "Raw profile type exif");
+        if (!is_xmp && !is_raw) continue;
+        size_t len = tx[i].compression >= PNG_ITXT_COMPRESSION_NONE ? tx[i].itxt_length : tx[i].text_length;
+        char *c = malloc(len + 1);
+        if (c && len) memcpy(c, tx[i].text, len);
+        if (c) c[len] = 0;
+        char **dst = is_xmp ? &m->xmp : &m->raw;
+        free(*dst);
+        *dst = c;
+        *(is_xmp ? &m->xmp_n : &m->raw_n) = c ? len : 0;
+    }
+}
+
+static sd3_status png_decode(image *img, const unsigned char *buf, size_t n, png_meta *meta, const char *path, sd3_err *err) {
     png_errbuf eb = {{0}};
+    volatile int image_read = 0;  /* 1 once every row is in: a later error only ends the metadata */
     png_mem mem = {buf, n, 0};
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &eb, png_err_fn, png_warn_fn);
     png_infop info = png ? png_create_info_struct(png) : NULL;
@@ -102,6 +133,7 @@ static sd3_status png_decode(image *img, const unsigned char *buf, size_t n, con
         return sd3_errf(err, SD3_ERR_NOMEM, "%s: out of memory", path);
     }
     if (setjmp(png_jmpbuf(png))) {
+        if (image_read) goto done;   /* broken after the image data: the image stands, the texts read so far count */
         free(rows);
         png_destroy_read_struct(&png, &info, NULL);
         free(rgb);
@@ -131,10 +163,14 @@ static sd3_status png_decode(image *img, const unsigned char *buf, size_t n, con
     png_read_image(png, rows);
     free(rows);
     rows = NULL;
-    png_destroy_read_struct(&png, &info, NULL);
-    img->w = (int)w;
-    img->h = (int)h;
+    image_read = 1;
+    if (meta) png_read_end(png, info);  /* text chunks after the image data count for Pillow too */
+done:  /* also reached by longjmp: w and h are read again from info rather than from non-volatile locals */
+    if (meta) png_meta_collect(png, info, meta);
+    img->w = (int)png_get_image_width(png, info);
+    img->h = (int)png_get_image_height(png, info);
     img->rgb = rgb;
+    png_destroy_read_struct(&png, &info, NULL);
     return SD3_OK;
 }
 
@@ -147,9 +183,10 @@ static sd3_status png_decode(image *img, const unsigned char *buf, size_t n, con
  * bounds-checks every offset and count against the block: a lying or truncated EXIF reads nothing outside
  * it and, where Pillow finds no usable Orientation, the image loads untransformed. Where Pillow itself
  * raises (a header shorter than 8 bytes, BigTIFF, an unknown magic) diffusers cannot load the file at all;
- * we load it untransformed. Pillow's fallbacks when the EXIF has no Orientation entry: a JPEG's XMP
- * tiff:Orientation is read too; a PNG's XMP (iTXt/tEXt/zTXt "XML:com.adobe.xmp") and "Raw profile type
- * exif" text are not (rare; they would need the text chunks inflated). */
+ * we load it untransformed. Pillow's fallbacks are followed too: a PNG without eXIf takes its EXIF from a
+ * "Raw profile type exif" text, and where the EXIF has no Orientation entry an XMP tiff:Orientation counts
+ * (JPEG: APP1 "http://ns.adobe.com/xap/1.0/"; PNG: "XML:com.adobe.xmp" text). Not followed: a PNG tEXt
+ * keyed "exif" (Pillow takes it as raw EXIF). */
 
 static uint64_t ex_get(const uint8_t *p, int bytes, int be) {
     uint64_t v = 0;
@@ -299,11 +336,41 @@ static int jpeg_exif_orientation(const uint8_t *d, size_t n) {
     return o ? o : xmp ? xmp_orientation(xmp, xn) : 1;
 }
 
-/* The EXIF Orientation of a PNG held in memory: the last eXIf chunk counts (Pillow reads chunks after the
- * image data too, each eXIf replacing the one before). Its data is the TIFF block; Pillow prefixes
- * "Exif\0\0" and then drops up to two, so one such prefix inside the chunk is dropped as well (a second
- * one is not: Pillow then finds no TIFF header and raises). */
-static int png_exif_orientation(const uint8_t *d, size_t n) {
+/* Bytes of Pillow's bytes.fromhex("".join(text.split("\n")[3:])) for a "Raw profile type exif" text
+ * (ImageMagick's "\nexif\n  LENGTH\nHEX..."): after the third newline, pairs of hex digits, newlines dropped
+ * and other ASCII whitespace allowed between pairs. Returns a malloc'd block of *bn bytes, or NULL where
+ * there is no text after the third newline or Pillow's fromhex raises (diffusers then cannot load the
+ * file; we read no EXIF from it). */
+static uint8_t *raw_profile_bytes(const char *t, size_t n, size_t *bn) {
+    size_t i = 0;
+    for (int nl = 0; nl < 3; i++) {
+        if (i >= n) { *bn = 0; return NULL; }  /* "".join([]): no EXIF */
+        if (t[i] == '\n') nl++;
+    }
+    uint8_t *out = malloc((n - i) / 2 + 1);
+    size_t k = 0;
+    int half = -1;  /* the first digit of a pair, or -1 */
+    for (; out && i < n; i++) {
+        char c = t[i];
+        if (c == '\n') continue;
+        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (v < 0 && half < 0 && (c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f')) continue;
+        if (v < 0) { free(out); *bn = 0; return NULL; }
+        if (half < 0) half = v;
+        else { out[k++] = (uint8_t)(half << 4 | v); half = -1; }
+    }
+    if (!out || half >= 0) { free(out); *bn = 0; return NULL; }
+    *bn = k;
+    return out;
+}
+
+/* The EXIF Orientation of a PNG held in memory, as Pillow's getexif finds it. The EXIF is the last eXIf
+ * chunk (Pillow reads chunks after the image data too, each eXIf replacing the one before); its data is
+ * the TIFF block, to which Pillow prefixes "Exif\0\0" before dropping up to two, so one such prefix inside
+ * the chunk is dropped as well (a second one is not: Pillow then finds no TIFF header and raises).
+ * Without any eXIf, a "Raw profile type exif" text (hex, as ImageMagick writes it) is the EXIF. Without an
+ * Orientation entry in either, the XMP text's tiff:Orientation counts. */
+static int png_exif_orientation(const uint8_t *d, size_t n, const png_meta *meta) {
     const uint8_t *ex = NULL;
     size_t exn = 0;
     for (size_t pos = 8; pos + 8 <= n;) {
@@ -313,7 +380,15 @@ static int png_exif_orientation(const uint8_t *d, size_t n) {
         if (!memcmp(d + pos + 4, "eXIf", 4)) { ex = d + pos + 8; exn = len; }
         pos += 12 + (size_t)len;
     }
-    int o = ex ? exif_orientation(ex, exn, 1) : 0;
+    int o = 0;
+    if (ex) o = exif_orientation(ex, exn, 1);
+    else if (meta->raw) {
+        size_t bn = 0;
+        uint8_t *blk = raw_profile_bytes(meta->raw, meta->raw_n, &bn);
+        if (blk) o = exif_orientation(blk, bn, 2);
+        free(blk);
+    }
+    if (!o && meta->xmp) o = xmp_orientation((const uint8_t *)meta->xmp, meta->xmp_n);
     return o ? o : 1;
 }
 
@@ -409,8 +484,10 @@ sd3_status image_load(image *img, const char *path, sd3_err *err) {
             if (!memcmp(buf + pos + 4, "IEND", 4)) break;
             pos += 12 + (size_t)len;
         }
-        sd3_status st = png_decode(img, buf, n, path, err);  /* libpng, not stb (see png_decode) */
-        int orient = st == SD3_OK ? png_exif_orientation(buf, n) : 1;
+        png_meta meta = {0};
+        sd3_status st = png_decode(img, buf, n, &meta, path, err);  /* libpng, not stb (see png_decode) */
+        int orient = st == SD3_OK ? png_exif_orientation(buf, n, &meta) : 1;
+        png_meta_free(&meta);
         free(buf);
         if (st == SD3_OK && (st = image_orient(img, orient, path, err)) != SD3_OK) image_free(img);
         return st;
