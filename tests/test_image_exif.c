@@ -9,6 +9,8 @@
  *                        geometry is compared with Pillow) and hostile EXIF (truncated blocks, offsets past
  *                        the end, huge counts, both byte orders, values 0/9/65535, duplicate entries, ...),
  *                        which must load, and load untransformed where Pillow finds no usable orientation;
+ *                        and Pillow's fallbacks (JPEG/PNG XMP tiff:Orientation, PNG "Raw profile type exif"
+ *                        text, chunks after the image data);
  *   nocrash FILE         broken beyond its EXIF: an error or an image, no crash.
  * Run from the repository root; ASan/UBSan builds (make asan) check that no EXIF read leaves its block. */
 #include <stdlib.h>
