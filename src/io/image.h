@@ -17,8 +17,9 @@ typedef struct image {
 
 /* Load a PNG (libpng) or JPEG (stb_image), converted to RGB. Rejects 0-sized images and images over
  * IMAGE_MAX_SIDE per side or IMAGE_MAX_PIXELS pixels before decoding them. An EXIF Orientation of 2..8
- * (JPEG APP1 "Exif", PNG eXIf) is applied after decoding, as diffusers' load_image does with
- * PIL.ImageOps.exif_transpose (so img->w/h are swapped for 5..8); broken EXIF is ignored. */
+ * (JPEG APP1 "Exif", PNG eXIf; Pillow's XMP and PNG "Raw profile type exif" fallbacks too) is applied
+ * after decoding, as diffusers' load_image does with PIL.ImageOps.exif_transpose (so img->w/h are swapped
+ * for 5..8); EXIF that Pillow finds no orientation in, or cannot read, leaves the image as decoded. */
 sd3_status image_load(image *img, const char *path, sd3_err *err);
 void image_free(image *img);
 
