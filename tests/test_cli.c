@@ -10,39 +10,10 @@
 #include <unistd.h>
 #include "io/safetensors.h"
 #include "test.h"
+#include "cli_harness.h"
 
-static char sd3_bin[4096], golden[2048], tmpdir[256];
+static char golden[2048];
 
-/* Run a shell command line, capturing stderr+stdout into out; returns the exit status. */
-static int run(char *out, size_t n, const char *fmt, ...) {
-    char cmd[16384];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    char full[17000];
-    snprintf(full, sizeof full, "%s > %s/out.txt 2>&1", cmd, tmpdir);
-    int st = system(full);
-    char p[512];
-    snprintf(p, sizeof p, "%s/out.txt", tmpdir);
-    FILE *f = fopen(p, "r");
-    size_t k = f ? fread(out, 1, n - 1, f) : 0;
-    if (f) fclose(f);
-    out[k] = 0;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
-static int exists(const char *p) {
-    struct stat sb;
-    return stat(p, &sb) == 0;
-}
-
-/* Count the lines of s (the error must be one line). */
-static int lines(const char *s) {
-    int n = 0;
-    for (; *s; s++) n += *s == '\n';
-    return n;
-}
 
 /* A bad invocation: non-zero exit, exactly one line on stderr containing `want`, and no out.png. */
 static void expect_fail(const char *args, const char *want) {
@@ -59,10 +30,7 @@ static void expect_fail(const char *args, const char *want) {
 int main(int argc, char **argv) {
     (void)argc;
     /* the sd3 binary sits at <build>/sd3, this test at <build>/tests/test_cli */
-    snprintf(sd3_bin, sizeof sd3_bin, "%s", argv[0]);
-    char *slash = strrchr(sd3_bin, '/');
-    if (slash) *slash = 0; else strcpy(sd3_bin, ".");
-    strcat(sd3_bin, "/../sd3");
+    cli_find_sd3(argv[0]);
     const char *g = getenv("SD3_GOLDEN");
     snprintf(golden, sizeof golden, "%s", g ? g : "../shared/golden");
     snprintf(tmpdir, sizeof tmpdir, "/tmp/sd3c_cli_XXXXXX");

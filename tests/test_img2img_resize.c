@@ -14,27 +14,11 @@
 #include "io/image.h"
 #include "io/image_resize.h"
 #include "test.h"
+#include "cli_harness.h"
 
 #define REF "tests/data/resize/"
 
-static char sd3_bin[4096], model[2048], tmpdir[256];
-
-/* Run a shell command line, capturing stdout+stderr into out; returns the exit status. */
-static int run(char *out, size_t n, const char *fmt, ...) {
-    char cmd[8192], full[9000], p[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    snprintf(full, sizeof full, "%s > %s/out.txt 2>&1", cmd, tmpdir);
-    int st = system(full);
-    snprintf(p, sizeof p, "%s/out.txt", tmpdir);
-    FILE *f = fopen(p, "r");
-    size_t k = f ? fread(out, 1, n - 1, f) : 0;
-    if (f) fclose(f);
-    out[k] = 0;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
+static char model[2048];
 
 /* One seeded generation writing <tmp>/<name>.png and <tmp>/<name>.safetensors; `args` adds the init
  * image, mask and sizes. Returns the exit status (output in out). */
@@ -68,10 +52,7 @@ static int same_pixels(const char *a, const char *b, int *w, int *h) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    snprintf(sd3_bin, sizeof sd3_bin, "%s", argv[0]);   /* <build>/tests/test_x -> <build>/sd3 */
-    char *slash = strrchr(sd3_bin, '/');
-    if (slash) *slash = 0; else strcpy(sd3_bin, ".");
-    strcat(sd3_bin, "/../sd3");
+    cli_find_sd3(argv[0]);
     const char *g = getenv("SD3_GOLDEN");
     snprintf(model, sizeof model, "%s/tiny-sd3", g ? g : "../shared/golden");
     snprintf(tmpdir, sizeof tmpdir, "/tmp/sd3c_i2i_resize_XXXXXX");
